@@ -1,0 +1,1 @@
+"""Shared test infrastructure: real services on loopback ports (see services.py)."""

@@ -1,0 +1,495 @@
+"""Throwaway real services on 127.0.0.1 for tests and scripts (benchmark, smoke checks).
+
+Plain Python, no pytest needed. Everything is a context manager that cleans up on exit,
+also when the body raises:
+
+- ``free_port()``: a free TCP port on 127.0.0.1.
+- ``postgres_cluster()`` -> ``PostgresCluster``: a fresh PostgreSQL 15 cluster; ``.url`` is
+  in Heroku's ``postgres://user:pass@127.0.0.1:port/db`` form (the password needs URL
+  quoting on purpose); ``.stop()`` / ``.start()`` for fault tests.
+- ``s3_server()`` -> ``S3Server``: moto's server with a bucket; ``.endpoint_url``,
+  ``.bucket``, ``.access_key``, ``.secret_key``, ``.keys()`` / ``.read()`` for assertions,
+  ``.stop()`` / ``.start()`` (moto keeps data in memory: a restart empties the bucket).
+- ``heroku_env(...)``: the environment a dyno would give the entrypoint.
+- ``running_stack(env)`` -> ``Stack``: ``python image/entrypoint.py`` as a subprocess in its
+  own process group, waited on until ``GET /health`` answers 200; ``.url``, ``.auth``,
+  ``.process``, ``.output()``, ``.stop()``. ``start_stack(env, wait_ready=False)`` gives the
+  same object without waiting (for tests of failing starts); call ``.stop()`` yourself.
+- ``tree_pss_mb(pid)``: proportional set size of a process and all its descendants.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import requests
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ENTRYPOINT = REPO_ROOT / "image" / "entrypoint.py"
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, timeout: float) -> bool:
+    """True once something accepts TCP connections on 127.0.0.1:port within timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), 0.2):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _as_user(user: str | None, argv: Sequence[str]) -> list[str]:
+    """Prefix argv with runuser when we are root and a different user must run it."""
+    if user is None or os.geteuid() != 0:
+        return list(argv)
+    return ["runuser", "-u", user, "--", *argv]
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+@dataclass
+class PostgresCluster:
+    """A running throwaway cluster. ``url`` is Heroku's form, with the password URL-quoted."""
+
+    port: int
+    user: str
+    password: str
+    database: str
+    data_dir: Path
+    log_file: Path
+    _run_as: str | None
+
+    @property
+    def url(self) -> str:
+        quoted_password = urllib.parse.quote(self.password, safe="")
+        return (
+            f"postgres://{self.user}:{quoted_password}@{LOOPBACK}:{self.port}/{self.database}"
+        )
+
+    def _pg_ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        argv = [str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), *args]
+        return subprocess.run(
+            _as_user(self._run_as, argv), capture_output=True, text=True, check=check, timeout=60
+        )
+
+    def start(self) -> None:
+        """Start (again) on the same port; returns once it accepts connections."""
+        options = (
+            f"-c listen_addresses={LOOPBACK} -c port={self.port} "
+            f"-c unix_socket_directories='{self.data_dir}' -c fsync=off "
+            "-c full_page_writes=off -c synchronous_commit=off -c max_connections=100"
+        )
+        result = self._pg_ctl("-w", "-t", "30", "-l", str(self.log_file), "-o", options, "start")
+        if result.returncode != 0 or not wait_for_port(self.port, 10):
+            raise RuntimeError(f"PostgreSQL did not start: {result.stderr}\n{self.log_text()}")
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (mode: smart, fast or immediate); data stays for start()."""
+        self._pg_ctl("-w", "-t", "30", "-m", mode, "stop", check=False)
+
+    def is_running(self) -> bool:
+        return self._pg_ctl("status", check=False).returncode == 0
+
+    def log_text(self) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+@contextlib.contextmanager
+def postgres_cluster(
+    user: str = "postgres_owner",
+    password: str = "p@ss:w/rd%20&é $!'",
+    database: str = "postgres_mlflow",
+) -> Iterator[PostgresCluster]:
+    """A fresh PostgreSQL 15 cluster on a free loopback port with one database.
+
+    The defaults are deliberately awkward (names containing "postgres", a password that
+    needs URL quoting) so every test exercises DATABASE_URL handling. As root the server
+    runs as the ``postgres`` user in a directory that user owns. Always removed at exit.
+    """
+    run_as = "postgres" if os.geteuid() == 0 else None
+    base = Path(tempfile.mkdtemp(prefix="mlflow-heroku-pg-"))
+    try:
+        if run_as is not None:
+            owner = pwd.getpwnam(run_as)
+            os.chown(base, owner.pw_uid, owner.pw_gid)
+        base.chmod(0o700)
+        data_dir = base / "data"
+        password_file = base / "pwfile"
+        password_file.write_text(password + "\n")
+        if run_as is not None:
+            os.chown(password_file, owner.pw_uid, owner.pw_gid)
+        initdb = [
+            str(PG_BIN / "initdb"),
+            "-D",
+            str(data_dir),
+            "-U",
+            user,
+            f"--pwfile={password_file}",
+            "--auth-host=scram-sha-256",
+            "--auth-local=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]
+        result = subprocess.run(
+            _as_user(run_as, initdb), capture_output=True, text=True, check=False, timeout=120
+        )
+        password_file.unlink()
+        if result.returncode != 0:
+            raise RuntimeError(f"initdb failed: {result.stderr}")
+        cluster = PostgresCluster(
+            port=free_port(),
+            user=user,
+            password=password,
+            database=database,
+            data_dir=data_dir,
+            log_file=base / "postgres.log",
+            _run_as=run_as,
+        )
+        try:
+            cluster.start()
+            _create_database(cluster)
+            yield cluster
+        finally:
+            cluster.stop("immediate")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _create_database(cluster: PostgresCluster) -> None:
+    import psycopg  # the image's driver; imported late so this module stays cheap to import
+
+    with psycopg.connect(
+        host=LOOPBACK,
+        port=cluster.port,
+        user=cluster.user,
+        password=cluster.password,
+        dbname="postgres",
+        autocommit=True,
+    ) as connection:
+        connection.execute(f'CREATE DATABASE "{cluster.database}"')  # noqa: S608 (our own name)
+
+
+# --------------------------------------------------------------------------- S3 (moto)
+
+
+@dataclass
+class S3Server:
+    """moto's S3-compatible server. The keys are fake: moto accepts any."""
+
+    port: int
+    bucket: str
+    access_key: str = "moto-test-access-key"
+    secret_key: str = "moto-test-secret-key"  # noqa: S105 (moto accepts anything)
+    region: str = "us-east-1"
+    _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _log: IO[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def client(self) -> Any:
+        """A boto3 S3 client for this server (boto3 has no type stubs here)."""
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=self.region,
+        )
+
+    def start(self) -> None:
+        """Start moto and (re)create the bucket; returns once it answers."""
+        if self._log is None:
+            self._log = tempfile.TemporaryFile()
+        moto = Path(sys.executable).parent / "moto_server"
+        self._process = subprocess.Popen(
+            [str(moto), "-H", LOOPBACK, "-p", str(self.port)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        if not wait_for_port(self.port, 30):
+            self.stop()
+            raise RuntimeError("moto_server did not start within 30 s")
+        self.client().create_bucket(Bucket=self.bucket)
+
+    def stop(self) -> None:
+        if self._process is not None:
+            _stop_process_group(self._process, grace=5)
+            self._process = None
+
+    def keys(self, prefix: str = "") -> dict[str, int]:
+        """Every object under prefix in the bucket: key -> size in bytes."""
+        paginator = self.client().get_paginator("list_objects_v2")
+        found: dict[str, int] = {}
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                found[item["Key"]] = int(item["Size"])
+        return found
+
+    def read(self, key: str) -> bytes:
+        body: bytes = self.client().get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        return body
+
+
+@contextlib.contextmanager
+def s3_server(bucket: str = "mlflow-artifacts") -> Iterator[S3Server]:
+    """moto's server on a free loopback port with ``bucket`` created; stopped at exit."""
+    server = S3Server(port=free_port(), bucket=bucket)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        if server._log is not None:
+            server._log.close()
+
+
+# --------------------------------------------------------------------------- the stack
+
+
+def heroku_env(
+    *,
+    port: int,
+    database_url: str | None,
+    s3: S3Server | None,
+    username: str = "mlflow-user",
+    password: str = "s3cret pa$$:w%rd,\"'!é",
+    s3_prefix: str = "artifacts",
+    dyno: str | None = "web.1",
+    **extra: str,
+) -> dict[str, str]:
+    """The environment Heroku would give the entrypoint (config vars + dyno variables).
+
+    ``extra`` adds or overrides variables (e.g. ``WEB_CONCURRENCY="2"``). Pass
+    ``database_url=None`` or ``s3=None`` to leave that variable out.
+    """
+    env = {
+        "PORT": str(port),
+        "MLFLOW_TRACKING_USERNAME": username,
+        "MLFLOW_TRACKING_PASSWORD": password,
+    }
+    if dyno is not None:
+        env["DYNO"] = dyno
+    if database_url is not None:
+        env["DATABASE_URL"] = database_url
+    if s3 is not None:
+        env.update(
+            S3_URI=f"s3://{s3.bucket}/{s3_prefix}",
+            AWS_ACCESS_KEY_ID=s3.access_key,
+            AWS_SECRET_ACCESS_KEY=s3.secret_key,
+            AWS_DEFAULT_REGION=s3.region,
+            MLFLOW_S3_ENDPOINT_URL=s3.endpoint_url,
+        )
+    env.update(extra)
+    return env
+
+
+def _base_env() -> dict[str, str]:
+    """What any process needs besides the dyno contract: PATH (nginx), locale, HOME."""
+    keep = ("PATH", "LANG", "LC_ALL", "TZ")
+    env = {key: os.environ[key] for key in keep if key in os.environ}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+    # nginx lives in /usr/sbin, which non-root PATHs often miss.
+    if "/usr/sbin" not in env["PATH"].split(":"):
+        env["PATH"] += ":/usr/sbin"
+    env["HOME"] = tempfile.gettempdir()
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@dataclass
+class Stack:
+    """A running entrypoint (nginx + MLflow) started by ``start_stack``."""
+
+    port: int
+    username: str
+    password: str
+    process: subprocess.Popen[bytes]
+    _output_path: Path
+    _output_file: IO[bytes] = field(repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def auth(self) -> tuple[str, str]:
+        return (self.username, self.password)
+
+    def output(self) -> str:
+        """Everything the entrypoint and its children wrote so far (stdout + stderr)."""
+        return self._output_path.read_bytes().decode("utf-8", errors="replace")
+
+    def wait_ready(self, timeout: float = 60) -> float:
+        """Wait for ``GET /health`` 200; returns seconds waited. Raises with the output."""
+        started = time.monotonic()
+        deadline = started + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"entrypoint exited with {self.process.returncode} before it was ready:\n"
+                    + self.output()
+                )
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return time.monotonic() - started
+            time.sleep(0.05)
+        raise TimeoutError(f"stack not ready within {timeout} s:\n{self.output()}")
+
+    def stop(self, grace: float = 15) -> int | None:
+        """SIGTERM the entrypoint, wait up to grace seconds, then kill its process group.
+
+        Returns the entrypoint's exit code (None if it had to be killed).
+        """
+        code = _stop_process_group(self.process, grace)
+        with contextlib.suppress(OSError):
+            self._output_file.close()
+        return code
+
+
+def start_stack(
+    env: Mapping[str, str],
+    *,
+    args: Sequence[str] = (),
+    wait_ready: bool = True,
+    ready_timeout: float = 60,
+    user: str | None = None,
+    python: str = sys.executable,
+    cwd: Path | None = None,
+) -> Stack:
+    """Launch ``python image/entrypoint.py *args`` with exactly ``env`` (plus PATH, locale).
+
+    ``user`` runs it as another user via runuser (when we are root). With ``wait_ready``
+    it returns only after ``/health`` answered 200 and stops the process if that fails.
+    """
+    full_env = {**_base_env(), **env}
+    port = int(full_env.get("PORT", "8080"))
+    output_dir = Path(tempfile.mkdtemp(prefix="mlflow-heroku-stack-"))
+    output_path = output_dir / "output.log"
+    output_file = output_path.open("wb")
+    process = subprocess.Popen(
+        _as_user(user, [python, str(ENTRYPOINT), *args]),
+        env=full_env,
+        stdin=subprocess.DEVNULL,
+        stdout=output_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, so stop() reaches every child
+        cwd=cwd or output_dir,
+    )
+    stack = Stack(
+        port=port,
+        username=full_env.get("MLFLOW_TRACKING_USERNAME", ""),
+        password=full_env.get("MLFLOW_TRACKING_PASSWORD", ""),
+        process=process,
+        _output_path=output_path,
+        _output_file=output_file,
+    )
+    if wait_ready:
+        try:
+            stack.wait_ready(ready_timeout)
+        except BaseException:
+            stack.stop()
+            raise
+    return stack
+
+
+@contextlib.contextmanager
+def running_stack(env: Mapping[str, str], **kwargs: Any) -> Iterator[Stack]:
+    """``start_stack`` as a context manager: the stack is always stopped at exit."""
+    stack = start_stack(env, **kwargs)
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+def _stop_process_group(process: subprocess.Popen[bytes], grace: float) -> int | None:
+    """SIGTERM the process, then SIGKILL its whole group after grace seconds.
+
+    The group is killed in any case, so no child outlives the call.
+    """
+    code: int | None = process.poll()
+    if code is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            code = process.wait(grace)
+        except subprocess.TimeoutExpired:
+            code = None
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    if code is None:
+        process.wait(10)
+    return code
+
+
+# --------------------------------------------------------------------------- measurement
+
+
+def descendants(pid: int) -> list[int]:
+    """pid and every live descendant (read from /proc, Linux only)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name is in parentheses and may contain spaces: split after it.
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    found = [pid]
+    index = 0
+    while index < len(found):
+        found.extend(children.get(found[index], []))
+        index += 1
+    return found
+
+
+def tree_pss_mb(pid: int) -> float:
+    """Sum of PSS (MB) over pid and its descendants (needs permission to read smaps)."""
+    total_kb = 0
+    for member in descendants(pid):
+        try:
+            rollup = Path(f"/proc/{member}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        for line in rollup.splitlines():
+            if line.startswith("Pss:"):
+                total_kb += int(line.split()[1])
+                break
+    return total_kb / 1024
