@@ -87,9 +87,7 @@ class PostgresCluster:
     @property
     def url(self) -> str:
         quoted_password = urllib.parse.quote(self.password, safe="")
-        return (
-            f"postgres://{self.user}:{quoted_password}@{LOOPBACK}:{self.port}/{self.database}"
-        )
+        return f"postgres://{self.user}:{quoted_password}@{LOOPBACK}:{self.port}/{self.database}"
 
     def _pg_ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         argv = [str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), *args]
@@ -125,7 +123,7 @@ class PostgresCluster:
 @contextlib.contextmanager
 def postgres_cluster(
     user: str = "postgres_owner",
-    password: str = "p@ss:w/rd%20&é $!'",
+    password: str = "p@ss:w/rd%20&é $!'",  # noqa: S107 (throwaway test cluster)
     database: str = "postgres_mlflow",
 ) -> Iterator[PostgresCluster]:
     """A fresh PostgreSQL 15 cluster on a free loopback port with one database.
@@ -195,7 +193,7 @@ def _create_database(cluster: PostgresCluster) -> None:
         dbname="postgres",
         autocommit=True,
     ) as connection:
-        connection.execute(f'CREATE DATABASE "{cluster.database}"')  # noqa: S608 (our own name)
+        connection.execute(f'CREATE DATABASE "{cluster.database}"')
 
 
 # --------------------------------------------------------------------------- S3 (moto)
@@ -208,7 +206,7 @@ class S3Server:
     port: int
     bucket: str
     access_key: str = "moto-test-access-key"
-    secret_key: str = "moto-test-secret-key"  # noqa: S105 (moto accepts anything)
+    secret_key: str = "moto-test-secret-key"  # moto accepts any key
     region: str = "us-east-1"
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _log: IO[bytes] | None = field(default=None, repr=False)
@@ -219,7 +217,7 @@ class S3Server:
 
     def client(self) -> Any:
         """A boto3 S3 client for this server (boto3 has no type stubs here)."""
-        import boto3
+        import boto3  # type: ignore[import-untyped]  # no stubs in the lock
 
         return boto3.client(
             "s3",
@@ -232,7 +230,8 @@ class S3Server:
     def start(self) -> None:
         """Start moto and (re)create the bucket; returns once it answers."""
         if self._log is None:
-            self._log = tempfile.TemporaryFile()
+            # Lives as long as the server object; closed by s3_server() at exit.
+            self._log = tempfile.TemporaryFile()  # noqa: SIM115
         moto = Path(sys.executable).parent / "moto_server"
         self._process = subprocess.Popen(
             [str(moto), "-H", LOOPBACK, "-p", str(self.port)],
@@ -286,7 +285,7 @@ def heroku_env(
     database_url: str | None,
     s3: S3Server | None,
     username: str = "mlflow-user",
-    password: str = "s3cret pa$$:w%rd,\"'!é",
+    password: str = "s3cret pa$$:w%rd,\"'!é",  # noqa: S107 (test login)
     s3_prefix: str = "artifacts",
     dyno: str | None = "web.1",
     **extra: str,
