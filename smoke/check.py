@@ -240,7 +240,7 @@ class SmokeCheck:
         if authenticated.status_code == 401:
             raise StepFailedError(
                 f"the login for user {self.target.username!r} was refused (401): check the "
-                "username and password (e.g. `pulumi stack output password --show-secrets`)"
+                "username and password (e.g. `pulumi stack output loginPassword --show-secrets`)"
             )
         self._expect(authenticated, "POST experiments/search with the login")
         return "401 without the login, 200 with it"

@@ -15,9 +15,9 @@ USERNAME_VARIABLE = "MLFLOW_TRACKING_USERNAME"
 PASSWORD_VARIABLE = "MLFLOW_TRACKING_PASSWORD"  # noqa: S105 (a variable name, not a secret)
 
 # Stack output names exported by the Pulumi program (__main__.py).
-URL_OUTPUT = "tracking_uri"
-USERNAME_OUTPUT = "username"
-PASSWORD_OUTPUT = "password"  # noqa: S105 (an output name, not a secret)
+URL_OUTPUT = "mlflowTrackingUri"
+USERNAME_OUTPUT = "loginUser"
+PASSWORD_OUTPUT = "loginPassword"  # noqa: S105 (an output name, not a secret)
 
 PULUMI_TIMEOUT_SECONDS = 120
 
