@@ -1,0 +1,1 @@
+"""The Pulumi program's building blocks: settings, one ComponentResource per concern."""

@@ -1,0 +1,478 @@
+"""The stack's settings: read once from `pulumi.Config`, typed and validated.
+
+Every default lives in `DEFAULTS` (Pulumi.yaml's `config:` block documents the same values; a
+test keeps the two equal, because the SDK never reads Pulumi.yaml). A bad value fails before any
+resource is declared, with one message that names each bad key, its value and what is allowed.
+Secret values are never repeated in a message.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+import pulumi
+
+PROJECT: Final = "mlflow-heroku"
+
+# Config keys of this project (without the "mlflow-heroku:" namespace) and their defaults. A key
+# absent here is required (appName) or optional without a default (loginPassword, kmsKeyArn, ...).
+DEFAULTS: Final[Mapping[str, str | int | bool | list[str]]] = {
+    "region": "us",
+    "postgresPlan": "essential-0",
+    "dynoSize": "basic",
+    "dynoCount": 1,
+    "mlflowWorkers": 1,
+    "dbPoolSize": 4,
+    "dbMaxOverflow": 4,
+    "nginxClientMaxBodySize": "1g",
+    "loginUser": "mlflow",
+    "artifactPrefix": "artifacts",
+    "bucketVersioning": False,
+    "noncurrentVersionExpirationDays": 30,
+    "accessKeyGeneration": 1,
+    "protectData": False,
+    "customDomains": [],
+    "releaseTimeoutSeconds": 600,
+}
+OPTIONAL_KEYS: Final = ("loginPassword", "bucketName", "kmsKeyArn")
+REQUIRED_KEYS: Final = ("appName",)
+SECRET_KEYS: Final = ("loginPassword",)
+
+# Heroku's Common Runtime regions. Private Space regions (virginia, oregon, frankfurt, ...) need a
+# Private Space, which this program does not create.
+HEROKU_REGIONS: Final = ("us", "eu")
+
+# Heroku Postgres plans on sale and their connection limits (Heroku Dev Center, "Heroku Postgres
+# Plans"). Retired plans (hobby-dev, hobby-basic, mini, basic) are refused by name below.
+POSTGRES_CONNECTION_LIMITS: Final[Mapping[str, int]] = {
+    "essential-0": 20,
+    "essential-1": 20,
+    "essential-2": 40,
+    "standard-0": 120,
+    "standard-2": 400,
+    **{f"standard-{n}": 500 for n in range(3, 11)},
+    "premium-0": 120,
+    "premium-2": 400,
+    **{f"premium-{n}": 500 for n in range(3, 11)},
+}
+RETIRED_POSTGRES_PLANS: Final = ("hobby-dev", "hobby-basic", "mini", "basic")
+
+# Connections kept free for migrations at boot, `heroku pg:psql` and Heroku's own monitoring.
+DB_CONNECTION_MARGIN: Final = 3
+
+# Dyno sizes: memory in MB and the most dynos of one process type Heroku allows for the size.
+DYNO_MEMORY_MB: Final[Mapping[str, int]] = {
+    "eco": 512,
+    "basic": 512,
+    "standard-1x": 512,
+    "standard-2x": 1024,
+    "performance-m": 2560,
+    "performance-l": 14336,
+    "performance-l-ram": 30720,
+    "performance-xl": 63488,
+    "performance-2xl": 129024,
+}
+SINGLE_DYNO_SIZES: Final = ("eco", "basic")
+MAX_DYNO_COUNT: Final = 100
+# Measured (docs/deploy.md): one MLflow uvicorn worker is ~210 MB PSS, the rest of the dyno ~60 MB.
+WORKER_MEMORY_MB: Final = 210
+BASE_MEMORY_MB: Final = 60
+
+_APP_NAME = re.compile(r"[a-z][a-z0-9-]{2,29}")
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_IPV4 = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
+_S3_PREFIX = re.compile(r"[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*")
+_NGINX_SIZE = re.compile(r"[1-9][0-9]{0,5}[kKmMgG]?")
+_KMS_KEY = re.compile(r"arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]{1,128}")
+_HOSTNAME_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+_LOGIN_USER = re.compile(r"[A-Za-z0-9._@+-]{1,64}")
+MIN_PASSWORD_LENGTH: Final = 16
+
+
+class SettingsError(pulumi.RunError, ValueError):
+    """Bad stack configuration. Pulumi prints a RunError's message without a Python traceback."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the program needs from the stack's configuration, validated."""
+
+    stack: str
+    app_name: str
+    region: str
+    postgres_plan: str
+    dyno_size: str
+    dyno_count: int
+    mlflow_workers: int
+    db_pool_size: int
+    db_max_overflow: int
+    nginx_client_max_body_size: str
+    login_user: str
+    login_password: pulumi.Output[str] | None  # secret; None means "generate one"
+    bucket_name: str | None  # None means "let Pulumi name it from the app name"
+    artifact_prefix: str
+    bucket_versioning: bool
+    noncurrent_version_expiration_days: int
+    kms_key_arn: str | None
+    access_key_generation: int
+    protect_data: bool
+    custom_domains: tuple[str, ...]
+    release_timeout_seconds: int
+    aws_region: str
+    heroku_api_key: pulumi.Output[str]  # secret
+
+    @property
+    def db_connections_needed(self) -> int:
+        """Most connections the dynos can open at once, plus the margin."""
+        per_worker = self.db_pool_size + self.db_max_overflow
+        return self.dyno_count * self.mlflow_workers * per_worker + DB_CONNECTION_MARGIN
+
+
+class _Reader:
+    """Reads raw config strings and collects every problem instead of stopping at the first."""
+
+    def __init__(self, get: Callable[[str], str | None], is_secret: Callable[[str], bool]) -> None:
+        self._get = get
+        self._is_secret = is_secret
+        self.problems: list[str] = []
+
+    def fail(self, key: str, message: str) -> None:
+        self.problems.append(f"{_qualified(key)}: {message}")
+
+    def raw(self, key: str) -> str | None:
+        return self._get(key)
+
+    def is_secret(self, key: str) -> bool:
+        return self._is_secret(key)
+
+    def string(self, key: str, check: Callable[[str], str | None]) -> str:
+        raw = self.raw(key)
+        value = str(DEFAULTS[key]) if raw is None else raw
+        if (problem := check(value)) is not None:
+            self.fail(key, f"{value!r} {problem}")
+        return value
+
+    def integer(self, key: str, low: int, high: int) -> int:
+        raw = self.raw(key)
+        default = DEFAULTS[key]
+        assert isinstance(default, int)
+        if raw is None:
+            return default
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            self.fail(key, f"{raw!r} is not a whole number; allowed: {low} to {high}")
+            return default
+        if not low <= value <= high:
+            self.fail(key, f"{value} is out of range; allowed: {low} to {high}")
+            return default
+        return value
+
+    def boolean(self, key: str) -> bool:
+        raw = self.raw(key)
+        default = DEFAULTS[key]
+        assert isinstance(default, bool)
+        if raw is None:
+            return default
+        if raw.strip().lower() in ("true", "false"):
+            return raw.strip().lower() == "true"
+        self.fail(key, f"{raw!r} is not a boolean; allowed: true or false")
+        return default
+
+
+def _qualified(key: str) -> str:
+    return key if ":" in key else f"{PROJECT}:{key}"
+
+
+def _one_of(allowed: tuple[str, ...] | list[str]) -> Callable[[str], str | None]:
+    def check(value: str) -> str | None:
+        return None if value in allowed else f"is not allowed; allowed: {', '.join(allowed)}"
+
+    return check
+
+
+def check_app_name(value: str) -> str | None:
+    if _APP_NAME.fullmatch(value) and not value.endswith("-"):
+        return None
+    return (
+        "is not a valid Heroku app name; it needs 3 to 30 characters: a lowercase letter first, "
+        "then lowercase letters, digits or dashes, not ending in a dash"
+    )
+
+
+def check_postgres_plan(value: str) -> str | None:
+    if value in POSTGRES_CONNECTION_LIMITS:
+        return None
+    plan = value.removeprefix("heroku-postgresql:")
+    if plan in RETIRED_POSTGRES_PLANS or plan.startswith("hobby-"):
+        hint = "Heroku retired it; use essential-0 (the cheapest current plan) or larger"
+    else:
+        hint = "it is not a current Heroku Postgres plan"
+    return f"is not allowed: {hint}; allowed: {', '.join(POSTGRES_CONNECTION_LIMITS)}"
+
+
+def check_dyno_size(value: str) -> str | None:
+    if value in DYNO_MEMORY_MB:
+        return None
+    lowered = value.lower()
+    if lowered in DYNO_MEMORY_MB:
+        return f"must be written in lowercase ({lowered!r})"
+    if lowered in ("free", "hobby", "standard-1x-free"):
+        return f"is a retired dyno type; allowed: {', '.join(DYNO_MEMORY_MB)}"
+    return f"is not a Heroku Common Runtime dyno size; allowed: {', '.join(DYNO_MEMORY_MB)}"
+
+
+def check_bucket_name(value: str) -> str | None:
+    """S3's general purpose bucket naming rules."""
+    rule = (
+        "is not a valid S3 bucket name; it needs 3 to 63 characters: lowercase letters, digits, "
+        "dots and dashes, starting and ending with a letter or digit"
+    )
+    if not _BUCKET_NAME.fullmatch(value):
+        return rule
+    if ".." in value or ".-" in value or "-." in value:
+        return f"{rule}, with no two dots or a dot and a dash side by side"
+    if _IPV4.fullmatch(value):
+        return f"{rule}, and it must not look like an IP address"
+    for prefix in ("xn--", "sthree-", "amzn-s3-demo-"):
+        if value.startswith(prefix):
+            return f"{rule}; names starting with {prefix!r} are reserved by AWS"
+    for suffix in ("-s3alias", "--ol-s3", "--x-s3", "--table-s3", ".mrap"):
+        if value.endswith(suffix):
+            return f"{rule}; names ending with {suffix!r} are reserved by AWS"
+    if "." in value:
+        # Virtual-hosted TLS (*.s3.amazonaws.com) does not cover names with dots.
+        return "must not contain dots: S3's TLS certificate does not cover such bucket names"
+    return None
+
+
+def check_artifact_prefix(value: str) -> str | None:
+    if _S3_PREFIX.fullmatch(value) and len(value) <= 512 and "/../" not in f"/{value}/":
+        return None
+    return (
+        "is not a valid artifact prefix; use S3-safe path segments (letters, digits, "
+        "!_.*'()- ) joined by single '/', without a leading or trailing '/'"
+    )
+
+
+def check_nginx_size(value: str) -> str | None:
+    if _NGINX_SIZE.fullmatch(value):
+        return None
+    return "is not an nginx size; use a number with an optional k, m or g suffix, e.g. 100m or 1g"
+
+
+def check_kms_key(value: str) -> str | None:
+    if _KMS_KEY.fullmatch(value):
+        return None
+    return (
+        "is not a KMS key ARN; use arn:aws:kms:<region>:<account id>:key/<key id> "
+        "(not an alias: the IAM policy grants use of exactly this key)"
+    )
+
+
+def check_login_user(value: str) -> str | None:
+    if ":" in value:
+        return "must not contain ':' (HTTP basic auth splits user and password at the first ':')"
+    if _LOGIN_USER.fullmatch(value):
+        return None
+    return "is not a valid login user; use 1 to 64 letters, digits or . _ @ + -"
+
+
+def check_hostname(value: str) -> str | None:
+    labels = value.split(".")
+    if (
+        len(value) <= 253
+        and len(labels) >= 2
+        and all(_HOSTNAME_LABEL.fullmatch(label) for label in labels)
+        and not labels[-1].isdigit()
+    ):
+        if value.endswith(".herokuapp.com"):
+            return (
+                "is a herokuapp.com name; Heroku gives the app that one, list only your own domains"
+            )
+        return None
+    return "is not a valid lowercase DNS host name (e.g. mlflow.example.com)"
+
+
+def check_password(value: str) -> str | None:
+    """Checks a secret without ever repeating it."""
+    if len(value) < MIN_PASSWORD_LENGTH:
+        return f"is too short: use at least {MIN_PASSWORD_LENGTH} characters"
+    if not value.isprintable() or any(c.isspace() for c in value):
+        return "contains spaces or control characters: use printable characters only"
+    return None
+
+
+def _read_domains(reader: _Reader) -> tuple[str, ...]:
+    key = "customDomains"
+    raw = reader.raw(key)
+    if raw is None:
+        return ()
+    # `pulumi config set --path 'customDomains[0]' x` stores a JSON list; also accept "a,b".
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        parsed = [part.strip() for part in raw.split(",") if part.strip()]
+    if not isinstance(parsed, list) or not all(isinstance(item, str) for item in parsed):
+        reader.fail(key, f"{raw!r} is not a list of host names; allowed: a YAML list of strings")
+        return ()
+    for host in parsed:
+        if (problem := check_hostname(host)) is not None:
+            reader.fail(key, f"{host!r} {problem}")
+    if len(set(parsed)) != len(parsed):
+        reader.fail(key, "lists a host name twice")
+    return tuple(parsed)
+
+
+def load(
+    stack: str,
+    get: Callable[[str], str | None],
+    is_secret: Callable[[str], bool],
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Validates the raw configuration; `get` takes fully qualified keys ("aws:region")."""
+    env = os.environ if environ is None else environ
+    reader = _Reader(lambda key: get(_qualified(key)), lambda key: is_secret(_qualified(key)))
+
+    app_name = reader.raw("appName")
+    if app_name is None:
+        reader.fail("appName", "is required; run `pulumi config set appName <name>`")
+        app_name = ""
+    elif (problem := check_app_name(app_name)) is not None:
+        reader.fail("appName", f"{app_name!r} {problem}")
+
+    region = reader.string("region", _one_of(HEROKU_REGIONS))
+    postgres_plan = reader.string("postgresPlan", check_postgres_plan)
+    dyno_size = reader.string("dynoSize", check_dyno_size)
+    dyno_count = reader.integer("dynoCount", 1, MAX_DYNO_COUNT)
+    if dyno_size in SINGLE_DYNO_SIZES and dyno_count > 1:
+        reader.fail(
+            "dynoCount",
+            f"{dyno_count} dynos of size {dyno_size!r}: Heroku runs at most 1 {dyno_size} dyno "
+            "per process type; use dynoSize standard-1x or larger to scale out",
+        )
+    workers = reader.integer("mlflowWorkers", 1, 64)
+    memory = DYNO_MEMORY_MB.get(dyno_size)
+    if memory is not None:
+        max_workers = max(1, (memory - BASE_MEMORY_MB) // WORKER_MEMORY_MB)
+        if workers > max_workers:
+            reader.fail(
+                "mlflowWorkers",
+                f"{workers} workers need about {BASE_MEMORY_MB + workers * WORKER_MEMORY_MB} MB, "
+                f"more than a {dyno_size} dyno's {memory} MB; allowed: 1 to {max_workers} "
+                "(or a larger dynoSize)",
+            )
+    pool_size = reader.integer("dbPoolSize", 1, 100)
+    max_overflow = reader.integer("dbMaxOverflow", 0, 100)
+
+    body_size = reader.string("nginxClientMaxBodySize", check_nginx_size)
+    login_user = reader.string("loginUser", check_login_user)
+
+    login_password: pulumi.Output[str] | None = None
+    password = reader.raw("loginPassword")
+    if password is not None:
+        if not reader.is_secret("loginPassword"):
+            reader.fail(
+                "loginPassword",
+                "is stored in plain text; run `pulumi config set --secret loginPassword` "
+                "(the value is not shown here)",
+            )
+        elif (problem := check_password(password)) is not None:
+            reader.fail("loginPassword", f"(value not shown) {problem}")
+        login_password = pulumi.Output.secret(password)
+
+    bucket_name = reader.raw("bucketName")
+    if bucket_name is not None and (problem := check_bucket_name(bucket_name)) is not None:
+        reader.fail("bucketName", f"{bucket_name!r} {problem}")
+    artifact_prefix = reader.string("artifactPrefix", check_artifact_prefix)
+    versioning = reader.boolean("bucketVersioning")
+    expiration_days = reader.integer("noncurrentVersionExpirationDays", 1, 3650)
+    kms_key_arn = reader.raw("kmsKeyArn")
+    if kms_key_arn is not None and (problem := check_kms_key(kms_key_arn)) is not None:
+        reader.fail("kmsKeyArn", f"{kms_key_arn!r} {problem}")
+    key_generation = reader.integer("accessKeyGeneration", 1, 1_000_000)
+    protect_data = reader.boolean("protectData")
+    custom_domains = _read_domains(reader)
+    release_timeout = reader.integer("releaseTimeoutSeconds", 60, 3600)
+
+    aws_region = get("aws:region") or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+    if not aws_region:
+        reader.fail("aws:region", "is required; run `pulumi config set aws:region eu-west-1`")
+        aws_region = ""
+    elif not re.fullmatch(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d", aws_region):
+        reader.fail("aws:region", f"{aws_region!r} is not an AWS region name (e.g. eu-west-1)")
+
+    api_key = get("heroku:apiKey")
+    if api_key is not None and not is_secret("heroku:apiKey"):
+        reader.fail(
+            "heroku:apiKey",
+            "is stored in plain text; run `pulumi config set --secret heroku:apiKey` "
+            "(the value is not shown here)",
+        )
+    api_key = api_key or env.get("HEROKU_API_KEY")
+    if not api_key:
+        reader.fail(
+            "heroku:apiKey",
+            "is required; run `pulumi config set --secret heroku:apiKey` with a key from "
+            "`heroku authorizations:create`, or export HEROKU_API_KEY",
+        )
+        api_key = ""
+    elif not api_key.isprintable() or any(c.isspace() for c in api_key):
+        reader.fail("heroku:apiKey", "(value not shown) contains spaces or control characters")
+
+    if postgres_plan in POSTGRES_CONNECTION_LIMITS:
+        limit = POSTGRES_CONNECTION_LIMITS[postgres_plan]
+        needed = dyno_count * workers * (pool_size + max_overflow) + DB_CONNECTION_MARGIN
+        if needed > limit:
+            most = math.floor((limit - DB_CONNECTION_MARGIN) / (dyno_count * workers))
+            reader.fail(
+                "dbPoolSize",
+                f"dynoCount {dyno_count} x mlflowWorkers {workers} x (dbPoolSize {pool_size} + "
+                f"dbMaxOverflow {max_overflow}) + {DB_CONNECTION_MARGIN} spare = {needed} "
+                f"connections, more than {postgres_plan}'s limit of {limit}; lower dbPoolSize + "
+                f"dbMaxOverflow to at most {max(most, 0)} in total, or choose a larger "
+                "postgresPlan",
+            )
+
+    if reader.problems:
+        raise SettingsError(
+            f"Invalid configuration for stack {stack!r}:\n  - " + "\n  - ".join(reader.problems)
+        )
+    return Settings(
+        stack=stack,
+        app_name=app_name,
+        region=region,
+        postgres_plan=postgres_plan,
+        dyno_size=dyno_size,
+        dyno_count=dyno_count,
+        mlflow_workers=workers,
+        db_pool_size=pool_size,
+        db_max_overflow=max_overflow,
+        nginx_client_max_body_size=body_size,
+        login_user=login_user,
+        login_password=login_password,
+        bucket_name=bucket_name,
+        artifact_prefix=artifact_prefix,
+        bucket_versioning=versioning,
+        noncurrent_version_expiration_days=expiration_days,
+        kms_key_arn=kms_key_arn,
+        access_key_generation=key_generation,
+        protect_data=protect_data,
+        custom_domains=custom_domains,
+        release_timeout_seconds=release_timeout,
+        aws_region=aws_region,
+        heroku_api_key=pulumi.Output.secret(api_key),
+    )
+
+
+def from_pulumi_config() -> Settings:
+    """Reads the current stack's configuration (call inside the program, after mocks are set)."""
+    from pulumi.runtime import get_config, is_config_secret
+
+    return load(pulumi.get_stack(), get_config, is_config_secret)

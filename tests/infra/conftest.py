@@ -1,0 +1,251 @@
+"""Runs the Pulumi program under `pulumi.runtime.set_mocks` and records what it registers.
+
+The recording monitor keeps each resource's resolved inputs (secrets still marked), parent,
+dependencies and options, so tests assert on plain values instead of inside `apply` callbacks.
+Outputs the program returns are resolved inside `@pulumi.runtime.test`, which drives the event
+loop; `ProgramRun.resolved` counts them so a test can prove nothing was skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import secrets
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pulumi
+import pytest
+from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import rpc
+
+ROOT = Path(__file__).resolve().parents[2]
+PROJECT = "mlflow-heroku"
+UNKNOWN = rpc.UNKNOWN
+SECRET_SIG = rpc._special_secret_sig
+SIG_KEY = rpc._special_sig_key
+API_KEY = "heroku-api-key-0123456789abcdef"
+
+
+def secret(value: Any) -> dict[str, Any]:
+    """How the engine marks a secret value on the wire (what real providers return)."""
+    return {SIG_KEY: SECRET_SIG, "value": value}
+
+
+def is_secret(value: Any) -> bool:
+    return isinstance(value, dict) and value.get(SIG_KEY) == SECRET_SIG
+
+
+def reveal(value: Any) -> Any:
+    """A value with every secret marker removed, recursively."""
+    if is_secret(value):
+        return reveal(value["value"])
+    if isinstance(value, dict):
+        return {key: reveal(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [reveal(item) for item in value]
+    return value
+
+
+class HerokuAwsMocks(pulumi_mocks.Mocks):
+    """Outputs shaped like the real providers' (secrets where they return secrets)."""
+
+    def __init__(self, preview: bool) -> None:
+        self.preview = preview
+
+    def computed(self, value: Any) -> Any:
+        # In a preview of a new stack, provider-computed outputs are unknown.
+        return UNKNOWN if self.preview else value
+
+    def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
+        inputs = dict(args.inputs)
+        kind = args.typ
+        if kind == "heroku:app/app:App":
+            name = inputs["name"]
+            host = f"{name}-{secrets.token_hex(6)}.herokuapp.com"
+            app_id = str(uuid.uuid4())
+            return self.computed(app_id), {
+                **inputs,
+                "uuid": self.computed(app_id),
+                "herokuHostname": self.computed(host),
+                "webUrl": self.computed(f"https://{host}/"),
+                "gitUrl": self.computed(f"https://git.heroku.com/{name}.git"),
+            }
+        if kind == "heroku:addon/addon:Addon":
+            return self.computed(str(uuid.uuid4())), {
+                **inputs,
+                "name": self.computed(f"postgresql-shaped-{secrets.randbelow(99999)}"),
+                "configVars": self.computed(["DATABASE_URL"]),
+            }
+        if kind == "aws:s3/bucket:Bucket":
+            bucket = inputs.get("bucket") or f"{inputs['bucketPrefix']}{secrets.token_hex(4)}"
+            return self.computed(bucket), {
+                **inputs,
+                "bucket": self.computed(bucket),
+                "arn": self.computed(f"arn:aws:s3:::{bucket}"),
+            }
+        if kind == "aws:iam/user:User":
+            return inputs["name"], {
+                **inputs,
+                "arn": self.computed(f"arn:aws:iam::123456789012:user{inputs['path']}x"),
+            }
+        if kind == "aws:iam/accessKey:AccessKey":
+            key_id = "AKIA" + secrets.token_hex(8).upper()
+            return self.computed(key_id), {
+                **inputs,
+                "secret": self.computed(secret(secrets.token_urlsafe(30))),
+            }
+        if kind == "random:index/randomPassword:RandomPassword":
+            return "none", {
+                **inputs,
+                "result": self.computed(secret(secrets.token_hex(16))),
+            }
+        if kind == "docker:index/image:Image":
+            repository = str(inputs["imageName"]).rsplit(":", 1)[0]
+            digest = "sha256:" + hashlib.sha256(repr(inputs).encode()).hexdigest()
+            return str(inputs["imageName"]), {
+                **inputs,
+                "repoDigest": self.computed(f"{repository}@{digest}"),
+                "baseImageName": inputs["imageName"],
+            }
+        if kind == "pulumi-python:dynamic/heroku:ContainerRelease":
+            return self.computed(f"{inputs['app_name']}/web"), {
+                **{key: value for key, value in inputs.items() if key != "api_key"},
+                "image_id": self.computed("sha256:" + "ab" * 32),
+                "release_id": self.computed(str(uuid.uuid4())),
+                "release_version": self.computed(7),
+            }
+        return self.computed(f"{args.name}-id"), inputs
+
+    def call(
+        self, args: pulumi_mocks.MockCallArgs
+    ) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+        raise AssertionError(f"the program made an unexpected invoke: {args.token}")
+
+
+@dataclass
+class Registration:
+    type: str
+    name: str
+    urn: str
+    parent: str
+    dependencies: list[str]
+    inputs: dict[str, Any]
+    protect: bool
+    retain_on_delete: bool
+    additional_secret_outputs: list[str]
+
+
+class RecordingMonitor(pulumi_mocks.MockMonitor):
+    def __init__(self, mocks: pulumi_mocks.Mocks) -> None:
+        super().__init__(mocks)
+        self.registrations: list[Registration] = []
+
+    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
+        response = super().RegisterResource(request)
+        if request.type != "pulumi:pulumi:Stack":
+            self.registrations.append(
+                Registration(
+                    type=request.type,
+                    name=request.name,
+                    urn=response.urn,
+                    parent=request.parent,
+                    dependencies=list(request.dependencies),
+                    inputs=rpc.deserialize_properties(request.object, keep_unknowns=True),
+                    protect=bool(request.protect),
+                    retain_on_delete=bool(request.retainOnDelete),
+                    additional_secret_outputs=list(request.additionalSecretOutputs),
+                )
+            )
+        return response
+
+
+@dataclass
+class ProgramRun:
+    registrations: list[Registration]
+    outputs: dict[str, Any]
+    secret_outputs: set[str]
+    resolved: int = 0
+    by_urn: dict[str, Registration] = field(default_factory=dict)
+
+    def one(self, type_: str, name: str | None = None) -> Registration:
+        found = [
+            r for r in self.registrations if r.type == type_ and (name is None or r.name == name)
+        ]
+        assert len(found) == 1, f"expected one {type_} {name or ''}, found {len(found)}"
+        return found[0]
+
+    def all(self, type_: str) -> list[Registration]:
+        return [r for r in self.registrations if r.type == type_]
+
+    def parent_of(self, registration: Registration) -> Registration:
+        return self.by_urn[registration.parent]
+
+
+def load_program() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("mlflow_heroku_program", ROOT / "__main__.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def base_config(stack: str) -> dict[str, str]:
+    """The committed stack file's values plus the secrets a user sets with --secret."""
+    import yaml
+
+    stack_file = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
+    config = {key: str(value).lower() if isinstance(value, bool) else str(value) for key, value in stack_file.items()}
+    config["heroku:apiKey"] = API_KEY
+    return config
+
+
+SECRET_CONFIG_KEYS = ("heroku:apiKey", f"{PROJECT}:loginPassword")
+
+
+def run_program(
+    stack: str,
+    config: Mapping[str, str],
+    preview: bool = False,
+    secret_keys: tuple[str, ...] = SECRET_CONFIG_KEYS,
+    program: Callable[[], dict[str, pulumi.Output[Any]]] | None = None,
+) -> ProgramRun:
+    monitor = RecordingMonitor(HerokuAwsMocks(preview))
+    pulumi.runtime.set_mocks(
+        monitor.mocks, project=PROJECT, stack=stack, preview=preview, monitor=monitor
+    )
+    pulumi.runtime.set_all_config(dict(config), [key for key in secret_keys if key in config])
+    run = ProgramRun(registrations=monitor.registrations, outputs={}, secret_outputs=set())
+    main = program or load_program().main
+
+    @pulumi.runtime.test  # type: ignore[misc]
+    def drive() -> pulumi.Output[Any]:
+        outputs = main()
+
+        async def resolve(name: str, output: pulumi.Output[Any]) -> None:
+            run.outputs[name] = await output.future(with_unknowns=True)
+            if await output.is_secret():
+                run.secret_outputs.add(name)
+            run.resolved += 1
+
+        import asyncio
+
+        return pulumi.Output.from_input(
+            asyncio.ensure_future(
+                asyncio.gather(*(resolve(name, out) for name, out in outputs.items()))
+            )
+        )
+
+    drive()
+    run.by_urn = {r.urn: r for r in run.registrations}
+    return run
+
+
+@pytest.fixture(scope="session")
+def program_module() -> Iterator[ModuleType]:
+    # Importing pulumi_aws is slow; do it once per session.
+    yield load_program()
