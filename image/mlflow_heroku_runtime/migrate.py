@@ -1,0 +1,86 @@
+"""Child process: wait for the database (bounded), then bring MLflow's schema up to date.
+
+Run as ``python -m mlflow_heroku_runtime.migrate`` by the supervisor with the backend URL in
+``_MLFLOW_SERVER_FILE_STORE`` (the variable MLflow's server reads too) and the wait budget in
+``MLFLOW_HEROKU_DB_WAIT_SECONDS``. Exit 0 when migrated, 3 when the database stayed
+unreachable, 4 when the migration failed. Messages never contain the URL or a password.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+UNREACHABLE = 3
+MIGRATION_FAILED = 4
+
+
+def log(message: str) -> None:
+    print(f"migrate: {message}", file=sys.stderr, flush=True)
+
+
+def _reason(error: BaseException) -> str:
+    """The root cause's class and first line, with every known secret removed."""
+    root: BaseException = error
+    while root.__cause__ is not None:
+        root = root.__cause__
+    text = str(getattr(root, "orig", None) or root).strip().splitlines()
+    first = text[0] if text else ""
+    for secret in filter(None, os.environ.get("_MLFLOW_HEROKU_SECRETS", "").split("\0")):
+        first = first.replace(secret, "***")
+    return f"{type(root).__name__}: {first}"[:300]
+
+
+def main() -> int:
+    url = os.environ["_MLFLOW_SERVER_FILE_STORE"]
+    where = os.environ.get("_MLFLOW_HEROKU_DB_DESCRIPTION", "the database")
+    budget = float(os.environ.get("MLFLOW_HEROKU_DB_WAIT_SECONDS", "40"))
+
+    import sqlalchemy
+
+    # Connect first with a short timeout per attempt, so a dead host fails fast and the
+    # whole wait stays within Heroku's 60 s boot window.
+    connect_args = {"connect_timeout": 5} if url.startswith("postgresql") else {}
+    engine = sqlalchemy.create_engine(
+        url, poolclass=sqlalchemy.pool.NullPool, connect_args=connect_args
+    )
+    deadline = time.monotonic() + budget
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            with engine.connect() as connection:
+                connection.execute(sqlalchemy.text("SELECT 1"))
+            break
+        except Exception as error:
+            remaining = deadline - time.monotonic()
+            log(f"database {where} unreachable (attempt {attempt}): {_reason(error)}")
+            if remaining <= 0:
+                log(
+                    f"giving up after {budget:.0f} s (MLFLOW_HEROKU_DB_WAIT_SECONDS): check "
+                    "DATABASE_URL and that the database is running"
+                )
+                return UNREACHABLE
+            time.sleep(min(2.0, max(remaining, 0.1)))
+
+    started = time.monotonic()
+    try:
+        import mlflow.store.db.utils as db_utils
+
+        if db_utils._is_empty_database(engine):  # type: ignore[no-untyped-call]
+            log(f"creating MLflow's tables in {where}")
+            db_utils._initialize_tables(engine)  # type: ignore[no-untyped-call]
+        else:
+            db_utils._upgrade_db(engine)  # type: ignore[no-untyped-call]
+    except Exception as error:
+        log(f"schema migration of {where} failed: {_reason(error)}")
+        return MIGRATION_FAILED
+    finally:
+        engine.dispose()
+    log(f"schema of {where} is up to date ({time.monotonic() - started:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

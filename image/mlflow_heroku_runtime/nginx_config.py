@@ -1,0 +1,61 @@
+"""Renders nginx.conf.j2 for one start of the stack."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+TEMPLATE_DIR = Path(__file__).parent
+MIME_TYPES = Path("/etc/nginx/mime.types")
+
+
+@dataclass(frozen=True)
+class NginxParams:
+    runtime_dir: Path
+    htpasswd_path: Path
+    port: int
+    mlflow_port: int
+    username: str
+    password: str
+    max_body_size: str = "5g"
+    proxy_read_timeout: int = 30
+    auth_failures_per_minute: int = 10
+    listen_address: str = "0.0.0.0"  # noqa: S104 (a dyno must listen on all interfaces)
+    worker_processes: int = 1
+    error_log_level: str = "warn"
+    worker_user: str = ""  # only when started as root: "user group"
+
+
+def expected_authorization(username: str, password: str) -> str:
+    """The Authorization header a client with the right login sends (UTF-8, like browsers)."""
+    token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+    return f"Basic {token}"
+
+
+def render(params: NginxParams) -> str:
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,  # noqa: S701 (nginx config, not HTML)
+        keep_trailing_newline=True,
+    )
+    template = environment.get_template("nginx.conf.j2")
+    return template.render(
+        runtime_dir=params.runtime_dir,
+        htpasswd_path=params.htpasswd_path,
+        port=params.port,
+        mlflow_port=params.mlflow_port,
+        # base64 has no quote or backslash, so it is safe inside the quoted map key.
+        expected_authorization=expected_authorization(params.username, params.password),
+        max_body_size=params.max_body_size,
+        proxy_read_timeout=params.proxy_read_timeout,
+        auth_failures_per_minute=params.auth_failures_per_minute,
+        listen_address=params.listen_address,
+        worker_processes=params.worker_processes,
+        error_log_level=params.error_log_level,
+        worker_user=params.worker_user,
+        mime_types=MIME_TYPES,
+    )

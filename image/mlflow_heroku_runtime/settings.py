@@ -1,0 +1,315 @@
+"""The environment contract: every variable read, validated with its own message.
+
+``load_settings(environ, local=...)`` returns ``Settings`` or raises ``ConfigError`` with
+one line per bad variable (naming it and the fix, never echoing a secret).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .database_url import to_sqlalchemy_url
+from .errors import ConfigError
+from .htpasswd import BCRYPT_MAX_PASSWORD_BYTES
+
+LOCAL_PORT = 8080
+LOCAL_USERNAME = "mlflow"
+MIN_PASSWORD_LENGTH = 8
+S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+AWS_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+NGINX_SIZE = re.compile(r"^(\d+)([kKmMgG]?)$")
+SIZE_FACTORS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+ONE_GB = 1024**3
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the supervisor needs, already validated."""
+
+    port: int
+    backend_store_uri: str  # SQLAlchemy URL string, password included: never log it
+    database_description: str  # host:port/db, safe to log
+    artifacts_destination: str  # s3://bucket/prefix or a local folder
+    username: str
+    password: str
+    workers: int
+    pool_size: int
+    max_overflow: int
+    db_wait_seconds: int
+    max_body_size: str
+    proxy_read_timeout: int
+    auth_failures_per_minute: int
+    mlflow_env: dict[str, str] = field(default_factory=dict)  # extra env for MLflow children
+    local: bool = False
+    secrets: tuple[str, ...] = ()  # every secret value, for redaction of child output
+
+
+# Variables the settings pass on to MLflow unchanged when the user sets them.
+MLFLOW_PASSTHROUGH = (
+    "MLFLOW_SERVER_ALLOWED_HOSTS",
+    "MLFLOW_SERVER_CORS_ALLOWED_ORIGINS",
+    "MLFLOW_SERVER_X_FRAME_OPTIONS",
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION",
+    "MLFLOW_DISABLE_TELEMETRY",
+    "DO_NOT_TRACK",
+    "MLFLOW_S3_ENDPOINT_URL",
+    "MLFLOW_S3_UPLOAD_EXTRA_ARGS",
+    "MLFLOW_SQLALCHEMYSTORE_POOL_RECYCLE",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+)
+
+# Defaults sized for a 512 MB dyno and a small Postgres plan (essential-0: 20 connections):
+# each worker holds at most pool + overflow = 4 connections, so 2 workers x 2 dynos = 16.
+DEFAULTS = {
+    "WEB_CONCURRENCY": "1",
+    "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "2",
+    "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "2",
+    "MLFLOW_HEROKU_DB_WAIT_SECONDS": "40",
+    "MLFLOW_HEROKU_MAX_BODY_SIZE": "5g",
+    "MLFLOW_HEROKU_PROXY_READ_TIMEOUT": "30",
+    "MLFLOW_HEROKU_AUTH_FAILURES_PER_MINUTE": "10",
+}
+
+
+class _Collector:
+    """Collects one problem per variable so the user sees all of them at once."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        self.problems: list[str] = []
+
+    def problem(self, message: str) -> None:
+        self.problems.append(message)
+
+    def integer(self, name: str, low: int, high: int, default: str | None = None) -> int:
+        raw = self.environ.get(name, default if default is not None else DEFAULTS[name]).strip()
+        try:
+            value = int(raw)
+        except ValueError:
+            self.problem(f"{name} must be a whole number from {low} to {high}")
+            return low
+        if not low <= value <= high:
+            self.problem(f"{name} must be from {low} to {high} (got {value})")
+            return low
+        return value
+
+
+def _parse_s3_uri(collector: _Collector, raw: str) -> str:
+    parsed = urllib.parse.urlsplit(raw.strip())
+    hint = "set S3_URI to s3://BUCKET or s3://BUCKET/PREFIX"
+    if parsed.scheme != "s3":
+        collector.problem(f"S3_URI must start with s3://: {hint}")
+    elif not S3_BUCKET.match(parsed.netloc or ""):
+        collector.problem(f"S3_URI has an invalid bucket name (3-63 of a-z 0-9 . -): {hint}")
+    elif parsed.query or parsed.fragment:
+        collector.problem(f"S3_URI must not have a query or fragment: {hint}")
+    return raw.strip().rstrip("/")
+
+
+def _check_text(collector: _Collector, name: str, value: str) -> None:
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        collector.problem(f"{name} contains a control character (newline, tab...): remove it")
+
+
+def _body_size(collector: _Collector, raw: str) -> str:
+    name = "MLFLOW_HEROKU_MAX_BODY_SIZE"
+    match = NGINX_SIZE.match(raw.strip())
+    if not match:
+        collector.problem(f"{name} must be a size like 1g, 2048m or 5g")
+        return DEFAULTS[name]
+    size = int(match.group(1)) * SIZE_FACTORS[match.group(2).lower()]
+    if size < ONE_GB:
+        collector.problem(f"{name} must be at least 1g so large artifacts fit")
+    return raw.strip().lower()
+
+
+def load_settings(
+    environ: Mapping[str, str],
+    *,
+    local: bool = False,
+    local_port: int | None = None,
+    data_dir: Path | None = None,
+    generate_password: Callable[[], str] | None = None,
+) -> Settings:
+    """Validate ``environ`` (Heroku's dyno contract, or local mode's embedded defaults)."""
+    collector = _Collector(environ)
+    on_dyno = "DYNO" in environ
+    if local and on_dyno:
+        raise ConfigError(
+            ["--local is refused on a Heroku dyno (DYNO is set): its disk is wiped on restart"]
+        )
+
+    # PORT
+    if local:
+        port = local_port if local_port is not None else LOCAL_PORT
+        if not 0 < port < 65536:
+            collector.problem("--port must be from 1 to 65535")
+    elif "PORT" not in environ:
+        collector.problem("PORT is not set: Heroku sets it; elsewhere set PORT=8080")
+        port = 0
+    else:
+        port = collector.integer("PORT", 1, 65535, default="")
+
+    # DATABASE_URL
+    secret_values: list[str] = []
+    database_url = environ.get("DATABASE_URL", "")
+    backend_store_uri = ""
+    database_description = ""
+    if database_url.strip():
+        try:
+            url = to_sqlalchemy_url(database_url)
+            backend_store_uri = url.render_as_string(hide_password=False)
+            database_description = f"{url.host}:{url.port or 5432}/{url.database}"
+            if url.password:
+                secret_values.append(str(url.password))
+                secret_values.append(urllib.parse.quote(str(url.password), safe=""))
+        except ValueError as error:
+            collector.problem(str(error))
+    elif local and data_dir is not None:
+        backend_store_uri = f"sqlite:///{(data_dir / 'mlflow.db').resolve()}"
+        database_description = "SQLite in the local data directory"
+    elif "DATABASE_URL" in environ:
+        collector.problem("DATABASE_URL is empty: attach Heroku Postgres or set it")
+    else:
+        collector.problem(
+            "DATABASE_URL is not set: attach Heroku Postgres (heroku addons:create "
+            "heroku-postgresql) or set it to postgres://USER:PASSWORD@HOST:PORT/DATABASE"
+        )
+
+    # S3_URI
+    s3_uri = environ.get("S3_URI", "")
+    if s3_uri.strip():
+        artifacts_destination = _parse_s3_uri(collector, s3_uri)
+    elif local and data_dir is not None:
+        artifacts_destination = str((data_dir / "artifacts").resolve())
+    else:
+        artifacts_destination = ""
+        state = "empty" if "S3_URI" in environ else "not set"
+        collector.problem(
+            f"S3_URI is {state}: set it to s3://BUCKET/PREFIX where artifacts are stored"
+        )
+
+    # AWS credentials: both or neither; required for S3 on a dyno (no instance role there).
+    key_id = environ.get("AWS_ACCESS_KEY_ID", "")
+    secret_key = environ.get("AWS_SECRET_ACCESS_KEY", "")
+    if bool(key_id) != bool(secret_key):
+        missing = "AWS_SECRET_ACCESS_KEY" if key_id else "AWS_ACCESS_KEY_ID"
+        collector.problem(f"{missing} is not set: set both AWS_ACCESS_KEY_ID and it, or neither")
+    elif on_dyno and s3_uri.strip() and not key_id:
+        collector.problem(
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not set: the server needs them "
+            "to write artifacts to S3_URI"
+        )
+    if secret_key:
+        secret_values.append(secret_key)
+    for name in ("AWS_DEFAULT_REGION", "AWS_REGION"):
+        region = environ.get(name)
+        if region is not None and not AWS_REGION.match(region):
+            collector.problem(f"{name} must look like eu-west-1 (an AWS region name)")
+    endpoint = environ.get("MLFLOW_S3_ENDPOINT_URL")
+    if endpoint is not None:
+        parsed = urllib.parse.urlsplit(endpoint)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            collector.problem("MLFLOW_S3_ENDPOINT_URL must be an http(s)://HOST[:PORT] URL")
+
+    # Login
+    username = environ.get("MLFLOW_TRACKING_USERNAME", LOCAL_USERNAME if local else "")
+    if not username:
+        collector.problem("MLFLOW_TRACKING_USERNAME is not set: set the login's user name")
+    elif ":" in username:
+        collector.problem("MLFLOW_TRACKING_USERNAME must not contain ':' (basic auth splits there)")
+    else:
+        _check_text(collector, "MLFLOW_TRACKING_USERNAME", username)
+    password = environ.get("MLFLOW_TRACKING_PASSWORD", "")
+    if not password and local and generate_password is not None:
+        password = generate_password()
+    if not password:
+        collector.problem(
+            "MLFLOW_TRACKING_PASSWORD is not set: set the login's password "
+            f"(at least {MIN_PASSWORD_LENGTH} characters)"
+        )
+    else:
+        secret_values.append(password)
+        if len(password) < MIN_PASSWORD_LENGTH:
+            collector.problem(
+                f"MLFLOW_TRACKING_PASSWORD is too short: use at least {MIN_PASSWORD_LENGTH} "
+                "characters"
+            )
+        elif len(password.encode("utf-8")) > BCRYPT_MAX_PASSWORD_BYTES:
+            collector.problem(
+                f"MLFLOW_TRACKING_PASSWORD is longer than {BCRYPT_MAX_PASSWORD_BYTES} bytes "
+                "(bcrypt's limit): use a shorter one"
+            )
+        else:
+            _check_text(collector, "MLFLOW_TRACKING_PASSWORD", password)
+
+    # Tuning knobs
+    workers = collector.integer("WEB_CONCURRENCY", 1, 16)
+    pool_size = collector.integer("MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", 1, 50)
+    # MLflow ignores 0 (falls back to SQLAlchemy's 10), so 0 is refused rather than misread.
+    max_overflow = collector.integer("MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW", 1, 50)
+    db_wait_seconds = collector.integer("MLFLOW_HEROKU_DB_WAIT_SECONDS", 0, 50)
+    max_body_size = _body_size(
+        collector,
+        environ.get("MLFLOW_HEROKU_MAX_BODY_SIZE", DEFAULTS["MLFLOW_HEROKU_MAX_BODY_SIZE"]),
+    )
+    proxy_read_timeout = collector.integer("MLFLOW_HEROKU_PROXY_READ_TIMEOUT", 5, 600)
+    auth_failures = collector.integer("MLFLOW_HEROKU_AUTH_FAILURES_PER_MINUTE", 1, 6000)
+
+    for name in ("MLFLOW_SERVER_ALLOWED_HOSTS", "MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"):
+        value = environ.get(name)
+        if value is not None and (
+            not value.strip() or any(not part.strip() for part in value.split(","))
+        ):
+            collector.problem(f"{name} must be a comma-separated list without empty entries")
+    for name in ("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):
+        value = environ.get(name)
+        if value is not None and value.strip().lower() not in ("true", "false", "1", "0"):
+            collector.problem(f"{name} must be true or false")
+
+    if collector.problems:
+        raise ConfigError(collector.problems)
+
+    mlflow_env = {name: environ[name] for name in MLFLOW_PASSTHROUGH if name in environ}
+    mlflow_env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    mlflow_env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    mlflow_env.setdefault("DO_NOT_TRACK", "true")
+    if on_dyno:
+        # Heroku's router only forwards requests whose Host is one of the app's domains, and
+        # the app's host name is not visible inside the dyno, so MLflow's DNS-rebinding check
+        # (default: localhost and private IPs) would refuse every real request.
+        mlflow_env.setdefault("MLFLOW_SERVER_ALLOWED_HOSTS", "*")
+    mlflow_env["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"] = str(pool_size)
+    mlflow_env["MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"] = str(max_overflow)
+
+    return Settings(
+        port=port,
+        backend_store_uri=backend_store_uri,
+        database_description=database_description,
+        artifacts_destination=artifacts_destination,
+        username=username,
+        password=password,
+        workers=workers,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        db_wait_seconds=db_wait_seconds,
+        max_body_size=max_body_size,
+        proxy_read_timeout=proxy_read_timeout,
+        auth_failures_per_minute=auth_failures,
+        mlflow_env=mlflow_env,
+        local=local,
+        secrets=tuple(value for value in secret_values if value),
+    )
+
+
+def generate_local_password() -> str:
+    return secrets.token_urlsafe(18)
