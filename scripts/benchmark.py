@@ -1,0 +1,786 @@
+#!/usr/bin/env python3
+"""Benchmark our tracking-server entrypoint against the 2021 blog recipe, side by side.
+
+Both stacks run on this machine against the same throwaway PostgreSQL 15 cluster and the same
+moto S3 server, on free loopback ports. For each stack it measures: seconds to bind $PORT,
+seconds to the first authenticated 200 on an empty database and after a warm restart, PSS of
+the whole process tree (idle and at the peak of the load), authenticated log-metric throughput
+and p50/p99 latency at 1, 4 and 16 clients through nginx and directly to MLflow, and SIGTERM to
+exit (to the first process, and to every process as Heroku does). It prints a markdown table
+and writes it into docs/benchmark.md between the results markers.
+
+Load client: one requests.Session per client thread. urllib3 sets TCP_NODELAY on every
+connection and http.client sends a bytes body in the same send() as the headers, so the client
+adds no Nagle / delayed-ACK stall of its own (see docs/benchmark.md).
+
+Run as root or as a user that can run `runuser -u postgres` (PostgreSQL refuses to run as root).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+# The shared throwaway services (PostgreSQL cluster, moto S3) of the test suite.
+sys.path.insert(0, str(REPO / "tests"))
+from support.services import PG_BIN, free_port, postgres_cluster, s3_server  # noqa: E402
+
+VENV_BIN = Path(sys.executable).parent
+RESULTS_START = "<!-- benchmark-results:start -->"
+RESULTS_END = "<!-- benchmark-results:end -->"
+# Readiness probe: the Default experiment exists once migrations ran and MLflow serves.
+READY_PATH = "/api/2.0/mlflow/experiments/get?experiment_id=0"
+LOG_METRIC_PATH = "/api/2.0/mlflow/runs/log-metric"
+MB = 1024 * 1024
+
+# The recipe's nginx.conf_template (seed), adapted only to run here as root on loopback next to
+# other engineers' servers: listen on 127.0.0.1, pid/temp/log paths and the htpasswd under a
+# private directory instead of /etc/nginx and /var/log/nginx. Everything else is verbatim.
+RECIPE_NGINX_TEMPLATE = """\
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log;
+events {{}}
+http {{
+  client_body_temp_path {tmp}/client_body;
+  proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fastcgi;
+  uwsgi_temp_path {tmp}/uwsgi;
+  scgi_temp_path {tmp}/scgi;
+  server {{
+        listen 127.0.0.1:{heroku_port};
+
+        access_log {tmp}/reverse-access.log;
+        error_log {tmp}/reverse-error.log;
+
+        location / {{
+            auth_basic "Restricted Content";
+            auth_basic_user_file {tmp}/.htpasswd;
+
+            proxy_pass                          http://127.0.0.1:{mlflow_port}/;
+            proxy_set_header Host               $host;
+            proxy_set_header X-Real-IP          $remote_addr;
+            proxy_set_header X-Forwarded-For    $proxy_add_x_forwarded_for;
+        }}
+    }}
+}}
+"""
+
+# The recipe's run.sh with envsubst replaced by the pre-rendered config above (gettext is not
+# installed here) and `killall nginx` dropped (it would kill other engineers' nginx).
+RECIPE_RUN_SH = """\
+mlflow ui \\
+  --port $MLFLOW_PORT \\
+  --host 127.0.0.1 \\
+  --backend-store-uri $(echo "$DATABASE_URL" | sed "s/postgres/postgresql/") \\
+  --default-artifact-root $S3_URI &
+
+nginx -g 'daemon off;' -c "$NGINX_CONF"
+"""
+
+
+# --------------------------------------------------------------------------- process helpers
+
+
+def become_subreaper() -> None:
+    """Orphans of a stack (e.g. after SIGTERM to its first process) get reparented to us, so
+    they can be counted and killed instead of leaking to init."""
+    pr_set_child_subreaper = 36
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0)
+
+
+def reap_zombies() -> None:
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+
+
+def parent_map() -> dict[int, int]:
+    parents: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry.name}/stat").read_text()
+        except OSError:
+            continue
+        # The command name may hold spaces and parentheses: fields start after the last ')'.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[0] != "Z":
+            parents[int(entry.name)] = int(fields[1])
+    return parents
+
+
+def process_tree(root: int) -> list[int]:
+    """The root and all its live descendants."""
+    parents = parent_map()
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parents.items():
+        children.setdefault(ppid, []).append(pid)
+    tree, todo = [], [root] if root in parents else []
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def pss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def tree_pss_mb(root: int) -> tuple[float, int]:
+    """PSS summed over every process of the tree, in MiB, and the number of processes."""
+    tree = process_tree(root)
+    return sum(pss_kib(pid) for pid in tree) / 1024, len(tree)
+
+
+def alive(pids: list[int]) -> list[int]:
+    live = parent_map()
+    return [pid for pid in pids if pid in live]
+
+
+def listening_ports(pids: list[int]) -> set[int]:
+    """TCP ports in LISTEN state owned by any of the given processes."""
+    inodes: set[str] = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.scandir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd.path)
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
+    ports: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                cols = line.split()
+                if cols[3] == "0A" and cols[9] in inodes:  # 0A = TCP_LISTEN
+                    ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+# --------------------------------------------------------------------------- stacks
+
+
+@dataclass
+class Stack:
+    """How to launch one contender: a name, a command, and extra environment."""
+
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    database: str
+    prepare: Callable[[Path, dict[str, str]], None] = lambda _dir, _env: None
+
+
+@dataclass
+class LoadCell:
+    path: str  # "nginx" or "direct"
+    clients: int
+    requests: int
+    errors: int
+    seconds: float
+    throughput: float
+    p50_ms: float
+    p99_ms: float
+
+
+@dataclass
+class StackResult:
+    name: str
+    bind_empty_s: float | None = None
+    ready_empty_s: float | None = None
+    bind_warm_s: float | None = None
+    ready_warm_s: float | None = None
+    idle_pss_mb: float | None = None
+    idle_processes: int | None = None
+    peak_pss_mb: float | None = None
+    sigterm_first_s: float | None = None
+    sigterm_first_left: int | None = None
+    sigterm_all_s: float | None = None
+    sigterm_all_left: int | None = None
+    mlflow_port_found: bool = False
+    load: list[LoadCell] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+class Running:
+    """One launched stack; stop() always leaves no process of it behind."""
+
+    def __init__(self, stack: Stack, env: dict[str, str], log: Path) -> None:
+        self.started = time.monotonic()
+        self.log = log.open("ab")
+        self.proc = subprocess.Popen(
+            stack.command, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True, cwd=env["BENCH_WORKDIR"],
+        )  # fmt: skip
+        self.known: set[int] = {self.proc.pid}
+
+    def remember_tree(self) -> list[int]:
+        tree = process_tree(self.proc.pid)
+        self.known.update(tree)
+        return tree
+
+    def terminate(self, to_all: bool, grace: float = 15.0) -> tuple[float | None, int]:
+        """SIGTERM to the first process (or to all of them, as Heroku does); returns seconds
+        until the first process exited (None: it did not within `grace`) and the number of
+        its processes still alive then."""
+        tree = self.remember_tree()
+        start = time.monotonic()
+        for pid in tree if to_all else [self.proc.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        exited: float | None = None
+        try:
+            self.proc.wait(grace)
+            exited = time.monotonic() - start
+        except subprocess.TimeoutExpired:
+            pass
+        # Give children a moment to follow the first process out before counting orphans.
+        wait_for(lambda: not alive(tree), 2.0, 0.05)
+        reap_zombies()
+        return exited, len(alive(tree))
+
+    def kill_everything(self) -> None:
+        self.remember_tree()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        for pid in alive(list(self.known)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
+        wait_for(lambda: not alive(list(self.known)), 5.0, 0.05)
+        reap_zombies()
+        self.log.close()
+
+
+def authenticated_ok(port: int, auth: tuple[str, str]) -> bool:
+    try:
+        return requests.get(f"http://127.0.0.1:{port}{READY_PATH}", auth=auth, timeout=2).ok
+    except requests.RequestException:
+        return False
+
+
+def launch(
+    stack: Stack, env: dict[str, str], log: Path, port: int, auth: tuple[str, str]
+) -> tuple[Running, float | None, float | None]:
+    """Start a stack and time $PORT binding and the first authenticated 200 from launch."""
+    running = Running(stack, env, log)
+    bound = ready = None
+    deadline = running.started + 90
+    while time.monotonic() < deadline and running.proc.poll() is None:
+        if bound is None and port_open(port):
+            bound = time.monotonic() - running.started
+        if bound is not None and authenticated_ok(port, auth):
+            ready = time.monotonic() - running.started
+            break
+        time.sleep(0.02)
+    running.remember_tree()
+    return running, bound, ready
+
+
+# --------------------------------------------------------------------------- load
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(fraction * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+def create_runs(base: str, auth: tuple[str, str] | None, count: int) -> list[str]:
+    with requests.Session() as session:
+        session.auth = auth
+        name = f"bench-{secrets.token_hex(4)}"
+        reply = session.post(
+            f"{base}/api/2.0/mlflow/experiments/create", json={"name": name}, timeout=30
+        )
+        reply.raise_for_status()
+        experiment_id = reply.json()["experiment_id"]
+        runs = []
+        for _ in range(count):
+            reply = session.post(
+                f"{base}/api/2.0/mlflow/runs/create",
+                json={"experiment_id": experiment_id, "start_time": int(time.time() * 1000)},
+                timeout=30,
+            )
+            reply.raise_for_status()
+            runs.append(reply.json()["run"]["info"]["run_id"])
+        return runs
+
+
+def log_metric_load(
+    base: str, auth: tuple[str, str] | None, clients: int, seconds: float, path: str
+) -> LoadCell:
+    """`clients` threads, each on its own keep-alive session, POST log-metric for `seconds`."""
+    run_ids = create_runs(base, auth, clients)
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    errors = [0] * clients
+    barrier = threading.Barrier(clients + 1)
+    stop_at = [0.0]
+    max_requests = int(seconds * 2000)  # bound on every loop, far above what a client reaches
+
+    def client(index: int) -> None:
+        with requests.Session() as session:
+            session.auth = auth
+            url = f"{base}{LOG_METRIC_PATH}"
+
+            def one(step: int) -> bool:
+                body = {
+                    "run_id": run_ids[index],
+                    "key": "loss",
+                    "value": step * 0.5,
+                    "timestamp": int(time.time() * 1000),
+                    "step": step,
+                }
+                try:
+                    return session.post(url, json=body, timeout=30).status_code == 200
+                except requests.RequestException:
+                    return False
+
+            for step in range(3):  # warm-up: open the keep-alive connection
+                one(-1 - step)
+            barrier.wait()
+            for step in range(max_requests):
+                if time.monotonic() >= stop_at[0]:
+                    break
+                began = time.perf_counter()
+                ok = one(step)
+                latencies[index].append(time.perf_counter() - began)
+                if not ok:
+                    errors[index] += 1
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    stop_at[0] = time.monotonic() + 3600  # set for real once everyone is warm
+    barrier.wait()
+    began = time.monotonic()
+    stop_at[0] = began + seconds
+    for thread in threads:
+        thread.join(seconds + 60)
+    elapsed = time.monotonic() - began
+    merged = sorted(value for per_client in latencies for value in per_client)
+    total = len(merged)
+    return LoadCell(
+        path=path,
+        clients=clients,
+        requests=total,
+        errors=sum(errors),
+        seconds=round(elapsed, 2),
+        throughput=round((total - sum(errors)) / elapsed, 1),
+        p50_ms=round(percentile(merged, 0.50) * 1000, 1),
+        p99_ms=round(percentile(merged, 0.99) * 1000, 1),
+    )
+
+
+class PeakSampler:
+    """Samples the tree's PSS every 0.25 s in a background thread; keeps the maximum."""
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+        self.peak = 0.0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+
+    def sample(self) -> None:
+        while not self.done.wait(0.25):
+            self.peak = max(self.peak, tree_pss_mb(self.root)[0])
+
+    def __enter__(self) -> PeakSampler:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+        self.peak = max(self.peak, tree_pss_mb(self.root)[0])
+
+
+def find_mlflow_port(running: Running, public_port: int) -> int | None:
+    """MLflow's own loopback port: a listening port of the tree other than $PORT that serves
+    the readiness path without auth."""
+    for port in sorted(listening_ports(running.remember_tree()) - {public_port}):
+        try:
+            if requests.get(f"http://127.0.0.1:{port}{READY_PATH}", timeout=10).ok:
+                return port
+        except requests.RequestException:
+            continue
+    return None
+
+
+# --------------------------------------------------------------------------- one stack
+
+
+def bench_stack(
+    stack: Stack, services: dict[str, str], workdir: Path, args: argparse.Namespace
+) -> StackResult:
+    result = StackResult(stack.name)
+    stack_dir = workdir / stack.name.replace(" ", "-").replace("=", "")
+    stack_dir.mkdir()
+    stack_dir.chmod(0o755)  # nginx workers of the recipe run as nobody and read the htpasswd
+    port = free_port()
+    user, password = "bench-user", secrets.token_urlsafe(18)
+    auth = (user, password)
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("MLFLOW_", "AWS_", "DATABASE_URL", "DYNO", "PORT"))
+    }
+    env.update(
+        PATH=f"{VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}",
+        PORT=str(port),
+        DATABASE_URL=services["database_url"].rsplit("/", 1)[0] + "/" + stack.database,
+        S3_URI=f"s3://{services['bucket']}/{stack.database}",
+        MLFLOW_S3_ENDPOINT_URL=services["s3_endpoint"],
+        AWS_ACCESS_KEY_ID=services["s3_access_key"],
+        AWS_SECRET_ACCESS_KEY=services["s3_secret_key"],
+        AWS_DEFAULT_REGION=services["s3_region"],
+        MLFLOW_TRACKING_USERNAME=user,
+        MLFLOW_TRACKING_PASSWORD=password,
+        # Loopback only: no usage telemetry from either stack.
+        MLFLOW_DISABLE_TELEMETRY="true",
+        DO_NOT_TRACK="true",
+        BENCH_WORKDIR=str(stack_dir),
+    )
+    env.update(stack.env)
+    stack.prepare(stack_dir, env)
+    log = stack_dir / "stack.log"
+
+    running, result.bind_empty_s, result.ready_empty_s = launch(stack, env, log, port, auth)
+    try:
+        if result.ready_empty_s is None:
+            result.notes.append(f"never ready on an empty database (log: {log})")
+            return result
+        result.sigterm_first_s, result.sigterm_first_left = running.terminate(to_all=False)
+    finally:
+        running.kill_everything()
+
+    running, result.bind_warm_s, result.ready_warm_s = launch(stack, env, log, port, auth)
+    try:
+        if result.ready_warm_s is None:
+            result.notes.append(f"never ready on a warm restart (log: {log})")
+            return result
+        time.sleep(args.settle)
+        result.idle_pss_mb, result.idle_processes = tree_pss_mb(running.proc.pid)
+        mlflow_port = find_mlflow_port(running, port)
+        result.mlflow_port_found = mlflow_port is not None
+        if mlflow_port is None:
+            ports = sorted(listening_ports(running.remember_tree()))
+            result.notes.append(f"no direct MLflow port found among listening ports {ports}")
+        targets: list[tuple[str, str, tuple[str, str] | None]] = [
+            ("nginx", f"http://127.0.0.1:{port}", auth)
+        ]
+        if mlflow_port is not None and not args.only_nginx.get(stack.name, False):
+            targets.append(("direct", f"http://127.0.0.1:{mlflow_port}", None))
+        with PeakSampler(running.proc.pid) as sampler:
+            for clients in args.client_counts:
+                for path, base, path_auth in targets:
+                    cell = log_metric_load(base, path_auth, clients, args.duration, path)
+                    result.load.append(cell)
+                    print(f"  {stack.name}: {path} {clients} clients: {cell}", flush=True)
+        result.peak_pss_mb = sampler.peak
+        result.sigterm_all_s, result.sigterm_all_left = running.terminate(to_all=True)
+    finally:
+        running.kill_everything()
+    return result
+
+
+def prepare_recipe(stack_dir: Path, env: dict[str, str]) -> None:
+    mlflow_port = free_port()
+    while mlflow_port == int(env["PORT"]):
+        mlflow_port = free_port()
+    env["MLFLOW_PORT"] = str(mlflow_port)
+    env["HEROKU_PORT"] = env["PORT"]
+    conf = stack_dir / "nginx.conf"
+    conf.write_text(
+        RECIPE_NGINX_TEMPLATE.format(
+            tmp=stack_dir, heroku_port=env["PORT"], mlflow_port=mlflow_port
+        )
+    )
+    env["NGINX_CONF"] = str(conf)
+    # `htpasswd -bc` (apache2-utils, not installed here) writes an apr1 MD5 hash by default;
+    # `openssl passwd -apr1` writes the same format. The password goes over stdin, not argv.
+    hashed = subprocess.run(
+        ["openssl", "passwd", "-apr1", "-stdin"],
+        input=env["MLFLOW_TRACKING_PASSWORD"].encode(), capture_output=True, check=True,
+    ).stdout.decode().strip()  # fmt: skip
+    htpasswd = stack_dir / ".htpasswd"
+    htpasswd.write_text(f"{env['MLFLOW_TRACKING_USERNAME']}:{hashed}\n")
+    htpasswd.chmod(0o644)
+    (stack_dir / "run.sh").write_text(RECIPE_RUN_SH)
+
+
+def our_stack(name: str, database: str, workers: int | None, args: argparse.Namespace) -> Stack:
+    env = {} if workers is None else {args.workers_env: str(workers)}
+    return Stack(name, [sys.executable, str(REPO / "image" / "entrypoint.py")], env, database)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def fmt(value: float | int | None, digits: int = 1) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.{digits}f}"
+
+
+def render(results: list[StackResult], machine: dict[str, Any], args: argparse.Namespace) -> str:
+    lines = [
+        f"Run: {machine['date']} · `{machine['command']}` · {machine['nproc']} cores, "
+        f"{machine['mem_gib']} GiB RAM · Python {machine['python']} · MLflow {machine['mlflow']}"
+        f" · {machine['nginx']} · PostgreSQL 15 · {args.duration:g} s per load cell.",
+        "",
+        f"Load average before: `{machine['uptime_before']}`; after: `{machine['uptime_after']}`"
+        " (other engineers run tests on this machine at the same time: figures are noisy).",
+        "",
+        "### Start, memory, stop",
+        "",
+        "| stack | bind $PORT empty DB (s) | first auth 200 empty DB (s) | bind warm (s) "
+        "| first auth 200 warm (s) | PSS idle (MB) | processes | PSS peak under load (MB) "
+        "| SIGTERM first process → exit (s) / left | SIGTERM all → exit (s) / left |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.name} | {fmt(r.bind_empty_s, 2)} | {fmt(r.ready_empty_s)} "
+            f"| {fmt(r.bind_warm_s, 2)} | {fmt(r.ready_warm_s)} | {fmt(r.idle_pss_mb, 0)} "
+            f"| {fmt(r.idle_processes)} | {fmt(r.peak_pss_mb, 0)} "
+            f"| {fmt(r.sigterm_first_s, 2)} / {fmt(r.sigterm_first_left)} "
+            f"| {fmt(r.sigterm_all_s, 2)} / {fmt(r.sigterm_all_left)} |"
+        )
+    lines += [
+        "",
+        "### Authenticated log-metric load (POST /api/2.0/mlflow/runs/log-metric)",
+        "",
+        "| stack | path | clients | requests | errors | req/s | p50 (ms) | p99 (ms) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        for c in r.load:
+            lines.append(
+                f"| {r.name} | {c.path} | {c.clients} | {c.requests} | {c.errors} "
+                f"| {c.throughput:.0f} | {c.p50_ms:.1f} | {c.p99_ms:.1f} |"
+            )
+    overhead = [
+        f"| {r.name} | {n.clients} | {n.throughput:.0f} | {d.throughput:.0f} "
+        f"| {100 * (1 - n.throughput / d.throughput):+.1f} |"
+        for r in results
+        for n in r.load
+        for d in r.load
+        if n.path == "nginx" and d.path == "direct" and n.clients == d.clients and d.throughput
+    ]
+    if overhead:
+        lines += [
+            "",
+            "### Proxy overhead (throughput lost going through nginx + basic auth)",
+            "",
+            "| stack | clients | via nginx (req/s) | direct (req/s) | overhead (%) |",
+            "|---|---|---|---|---|",
+            *overhead,
+        ]
+    for r in results:
+        lines += [f"- {r.name}: {note}" for note in r.notes]
+    return "\n".join(lines) + "\n"
+
+
+def write_doc(doc: Path, table: str) -> None:
+    text = doc.read_text() if doc.exists() else f"# Benchmark\n\n{RESULTS_START}\n{RESULTS_END}\n"
+    if RESULTS_START not in text or RESULTS_END not in text:
+        text += f"\n{RESULTS_START}\n{RESULTS_END}\n"
+    head, rest = text.split(RESULTS_START, 1)
+    _old, tail = rest.split(RESULTS_END, 1)
+    doc.write_text(f"{head}{RESULTS_START}\n{table}{RESULTS_END}{tail}")
+
+
+def machine_facts(argv: list[str]) -> dict[str, Any]:
+    import mlflow  # heavy: imported only for its version string
+
+    nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True, check=False)
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": " ".join(["scripts/benchmark.py", *argv]),
+        "nproc": os.cpu_count(),
+        "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
+        "python": platform.python_version(),
+        "mlflow": mlflow.__version__,
+        "nginx": nginx.stderr.strip().replace("nginx version: ", ""),
+        "uptime_before": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        epilog="Full run: scripts/benchmark.py   Quick check: scripts/benchmark.py --quick",
+    )
+    parser.add_argument(
+        "--quick", action="store_true",
+        help="short load cells (3 s), clients 1 and 16, no extra worker counts",
+    )  # fmt: skip
+    parser.add_argument("--duration", type=float, help="seconds per load cell (default 10)")
+    parser.add_argument(
+        "--clients", default="1,4,16", help="comma-separated client counts (default 1,4,16)"
+    )
+    parser.add_argument(
+        "--workers", default="1,2,3",
+        help="extra runs of our stack with these worker counts (default 1,2,3; '' for none)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--workers-env", default="MLFLOW_WORKERS",
+        help="the entrypoint's worker-count variable (default MLFLOW_WORKERS)",
+    )  # fmt: skip
+    parser.add_argument("--no-recipe", action="store_true", help="skip the 2021 recipe")
+    parser.add_argument(
+        "--no-ours", action="store_true", help="skip our stack with default settings"
+    )
+    parser.add_argument(
+        "--settle", type=float, default=5.0, help="seconds idle before measuring idle PSS"
+    )
+    parser.add_argument(
+        "--doc", type=Path, default=REPO / "docs" / "benchmark.md",
+        help="markdown file whose results block is replaced (default docs/benchmark.md)",
+    )  # fmt: skip
+    parser.add_argument("--no-doc", action="store_true", help="print the table only")
+    parser.add_argument(
+        "--results-dir", type=Path, default=REPO / "bench-results",
+        help="raw JSON results and logs go here (default bench-results/)",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    try:
+        args.client_counts = [int(c) for c in args.clients.split(",") if c.strip()]
+        args.worker_counts = [int(w) for w in args.workers.split(",") if w.strip()]
+    except ValueError:
+        parser.error("--clients and --workers take comma-separated integers, e.g. 1,4,16")
+    if any(c < 1 for c in args.client_counts) or any(w < 1 for w in args.worker_counts):
+        parser.error("--clients and --workers take positive integers")
+    if args.quick:
+        args.duration = args.duration or 3.0
+        args.client_counts = [1, 16] if args.clients == "1,4,16" else args.client_counts
+        args.worker_counts = []
+        args.settle = min(args.settle, 2.0)
+    args.duration = args.duration or 10.0
+    if not 0.5 <= args.duration <= 600:
+        parser.error("--duration must be between 0.5 and 600 seconds")
+    args.only_nginx = {}
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    for tool in ("nginx", "runuser", "openssl"):
+        if shutil.which(tool) is None:
+            sys.exit(f"benchmark: `{tool}` not found on PATH: run scripts/setup test first")
+    if not (PG_BIN / "postgres").exists():
+        sys.exit(f"benchmark: PostgreSQL 15 not found in {PG_BIN}: run scripts/setup test first")
+    if os.geteuid() != 0:
+        sys.exit("benchmark: run as root (PostgreSQL is started as the postgres user via runuser)")
+    entrypoint = REPO / "image" / "entrypoint.py"
+    if not entrypoint.exists() and not (args.no_ours and not args.worker_counts):
+        sys.exit(f"benchmark: {entrypoint} is missing: nothing to measure")
+    become_subreaper()
+    machine = machine_facts(argv)
+    print(f"load before: {machine['uptime_before']}", flush=True)
+
+    stacks = [] if args.no_ours else [our_stack("ours (defaults)", "ours_default", None, args)]
+    if not args.no_recipe:
+        stacks.append(
+            Stack(
+                "2021 recipe",
+                ["bash", "run.sh"],
+                {},
+                "recipe",
+                prepare=prepare_recipe,
+            )
+        )
+    for workers in args.worker_counts:
+        stacks.append(our_stack(f"ours workers={workers}", f"ours_w{workers}", workers, args))
+
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-", dir=args.results_dir))
+    workdir.chmod(0o755)
+    results: list[StackResult] = []
+    with postgres_cluster() as cluster, s3_server("bench-artifacts") as s3:
+        with psycopg.connect(
+            host="127.0.0.1", port=cluster.port, user=cluster.user, password=cluster.password,
+            dbname="postgres", autocommit=True,
+        ) as conn:  # fmt: skip
+            for stack in stacks:
+                conn.execute(f'CREATE DATABASE "{stack.database}"')
+        services = {
+            "database_url": cluster.url,
+            "s3_endpoint": s3.endpoint_url,
+            "bucket": s3.bucket,
+            "s3_access_key": s3.access_key,
+            "s3_secret_key": s3.secret_key,
+            "s3_region": s3.region,
+        }
+        for stack in stacks:
+            print(f"== {stack.name}", flush=True)
+            results.append(bench_stack(stack, services, workdir, args))
+    machine["uptime_after"] = subprocess.run(
+        ["uptime"], capture_output=True, text=True
+    ).stdout.strip()
+    table = render(results, machine, args)
+    (workdir / "results.json").write_text(
+        json.dumps({"machine": machine, "results": [asdict(r) for r in results]}, indent=2)
+    )
+    print(table)
+    if not args.no_doc:
+        write_doc(args.doc, table)
+        print(f"written into {args.doc}; raw results in {workdir / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
