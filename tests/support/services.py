@@ -62,11 +62,11 @@ def wait_for_port(port: int, timeout: float) -> bool:
     return False
 
 
-def _as_user(user: str | None, argv: Sequence[str]) -> list[str]:
+def _as_user(user: str | None, argv: Sequence[str], keep_env: bool = False) -> list[str]:
     """Prefix argv with runuser when we are root and a different user must run it."""
     if user is None or os.geteuid() != 0:
         return list(argv)
-    return ["runuser", "-u", user, "--", *argv]
+    return ["runuser", *(["-m"] if keep_env else []), "-u", user, "--", *argv]
 
 
 # --------------------------------------------------------------------------- PostgreSQL
@@ -285,7 +285,7 @@ def heroku_env(
     database_url: str | None,
     s3: S3Server | None,
     username: str = "mlflow-user",
-    password: str = "s3cret pa$$:w%rd,\"'!é",  # noqa: S107 (test login)
+    password: str = "s3cret pa$$:w%rd,\"'!",  # noqa: S107 (test login)
     s3_prefix: str = "artifacts",
     dyno: str | None = "web.1",
     **extra: str,
@@ -345,8 +345,10 @@ class Stack:
         return f"http://{LOOPBACK}:{self.port}"
 
     @property
-    def auth(self) -> tuple[str, str]:
-        return (self.username, self.password)
+    def auth(self) -> tuple[bytes, bytes]:
+        """For requests' ``auth=``: UTF-8 encoded like MLflow's client and browsers
+        (requests itself would encode str as Latin-1)."""
+        return (self.username.encode(), self.password.encode())
 
     def output(self) -> str:
         """Everything the entrypoint and its children wrote so far (stdout + stderr)."""
@@ -397,10 +399,11 @@ def start_stack(
     full_env = {**_base_env(), **env}
     port = int(full_env.get("PORT", "8080"))
     output_dir = Path(tempfile.mkdtemp(prefix="mlflow-heroku-stack-"))
+    output_dir.chmod(0o755)  # the working directory of a stack run as another user
     output_path = output_dir / "output.log"
     output_file = output_path.open("wb")
     process = subprocess.Popen(
-        _as_user(user, [python, str(ENTRYPOINT), *args]),
+        _as_user(user, [python, str(ENTRYPOINT), *args], keep_env=True),
         env=full_env,
         stdin=subprocess.DEVNULL,
         stdout=output_file,

@@ -1,0 +1,1 @@
+"""Test suite; a package so tests and scripts import the shared tests.support module."""

@@ -1,0 +1,45 @@
+"""Session-wide real services shared by every test directory (see tests/support/services.py).
+
+Most tests share one stack (PostgreSQL + moto S3 + the entrypoint) to keep the suite fast;
+tests that stop, break or reconfigure a stack start their own with ``start_stack``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.services import (
+    PostgresCluster,
+    S3Server,
+    Stack,
+    free_port,
+    heroku_env,
+    postgres_cluster,
+    running_stack,
+    s3_server,
+)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """A throwaway PostgreSQL 15 cluster shared by the session (URL in Heroku's form)."""
+    with postgres_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Server]:
+    """moto's S3 server with the artifact bucket, shared by the session."""
+    with s3_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def stack(postgres: PostgresCluster, s3: S3Server) -> Iterator[Stack]:
+    """The shared running stack, configured like a Heroku dyno. Do not stop or break it:
+    start your own with ``tests.support.services.start_stack`` for that."""
+    env = heroku_env(port=free_port(), database_url=postgres.url, s3=s3)
+    with running_stack(env, ready_timeout=90) as running:
+        yield running
