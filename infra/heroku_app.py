@@ -101,10 +101,10 @@ class HerokuApp(pulumi.ComponentResource):
                 "MLFLOW_SERVER_CORS_ALLOWED_ORIGINS": hostname.apply(
                     lambda host: cors_origins(host, domains)
                 ),
-                "MLFLOW_WORKERS": str(settings.mlflow_workers),
+                "WEB_CONCURRENCY": str(settings.mlflow_workers),
                 "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": str(settings.db_pool_size),
                 "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": str(settings.db_max_overflow),
-                "NGINX_CLIENT_MAX_BODY_SIZE": settings.nginx_client_max_body_size,
+                "MLFLOW_HEROKU_MAX_BODY_SIZE": settings.max_body_size,
             },
             sensitive_vars={
                 "AWS_ACCESS_KEY_ID": aws_access_key_id,

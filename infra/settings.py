@@ -28,9 +28,9 @@ DEFAULTS: Final[Mapping[str, str | int | bool | list[str]]] = {
     "dynoSize": "basic",
     "dynoCount": 1,
     "mlflowWorkers": 1,
-    "dbPoolSize": 4,
-    "dbMaxOverflow": 4,
-    "nginxClientMaxBodySize": "1g",
+    "dbPoolSize": 2,
+    "dbMaxOverflow": 2,
+    "maxBodySize": "5g",
     "loginUser": "mlflow",
     "artifactPrefix": "artifacts",
     "bucketVersioning": False,
@@ -88,11 +88,14 @@ _APP_NAME = re.compile(r"[a-z][a-z0-9-]{2,29}")
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _IPV4 = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
 _S3_PREFIX = re.compile(r"[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*")
-_NGINX_SIZE = re.compile(r"[1-9][0-9]{0,5}[kKmMgG]?")
+_NGINX_SIZE = re.compile(r"([1-9][0-9]{0,9})([kKmMgG]?)")
+_SIZE_FACTORS: Final = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+MIN_BODY_SIZE: Final = 1024**3  # the image refuses less: artifacts of 1 GB must fit
 _KMS_KEY = re.compile(r"arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]{1,128}")
 _HOSTNAME_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _LOGIN_USER = re.compile(r"[A-Za-z0-9._@+-]{1,64}")
 MIN_PASSWORD_LENGTH: Final = 16
+MAX_PASSWORD_BYTES: Final = 72  # bcrypt, which the image hashes it with, ignores the rest
 
 
 class SettingsError(pulumi.RunError, ValueError):
@@ -112,7 +115,7 @@ class Settings:
     mlflow_workers: int
     db_pool_size: int
     db_max_overflow: int
-    nginx_client_max_body_size: str
+    max_body_size: str
     login_user: str
     login_password: pulumi.Output[str] | None  # secret; None means "generate one"
     bucket_name: str | None  # None means "let Pulumi name it from the app name"
@@ -164,11 +167,11 @@ class _Reader:
         assert isinstance(default, int)
         if raw is None:
             return default
-        try:
-            value = int(raw.strip())
-        except ValueError:
+        # ASCII digits only: int() would also take "1_000" and non-Latin digits.
+        if not re.fullmatch(r"\s*[+-]?[0-9]{1,12}\s*", raw):
             self.fail(key, f"{raw!r} is not a whole number; allowed: {low} to {high}")
             return default
+        value = int(raw.strip())
         if not low <= value <= high:
             self.fail(key, f"{value} is out of range; allowed: {low} to {high}")
             return default
@@ -261,10 +264,13 @@ def check_artifact_prefix(value: str) -> str | None:
     )
 
 
-def check_nginx_size(value: str) -> str | None:
-    if _NGINX_SIZE.fullmatch(value):
-        return None
-    return "is not an nginx size; use a number with an optional k, m or g suffix, e.g. 100m or 1g"
+def check_body_size(value: str) -> str | None:
+    match = _NGINX_SIZE.fullmatch(value)
+    if not match:
+        return "is not an nginx size; use a number with an optional k, m or g suffix, e.g. 5g"
+    if int(match.group(1)) * _SIZE_FACTORS[match.group(2).lower()] < MIN_BODY_SIZE:
+        return "is too small; allowed: 1g or more (e.g. 1024m, 5g), so large artifacts fit"
+    return None
 
 
 def check_kms_key(value: str) -> str | None:
@@ -304,6 +310,8 @@ def check_password(value: str) -> str | None:
     """Checks a secret without ever repeating it."""
     if len(value) < MIN_PASSWORD_LENGTH:
         return f"is too short: use at least {MIN_PASSWORD_LENGTH} characters"
+    if len(value.encode()) > MAX_PASSWORD_BYTES:
+        return f"is too long: use at most {MAX_PASSWORD_BYTES} bytes (bcrypt's limit)"
     if not value.isprintable() or any(c.isspace() for c in value):
         return "contains spaces or control characters: use printable characters only"
     return None
@@ -357,7 +365,7 @@ def load(
             f"{dyno_count} dynos of size {dyno_size!r}: Heroku runs at most 1 {dyno_size} dyno "
             "per process type; use dynoSize standard-1x or larger to scale out",
         )
-    workers = reader.integer("mlflowWorkers", 1, 64)
+    workers = reader.integer("mlflowWorkers", 1, 16)
     memory = DYNO_MEMORY_MB.get(dyno_size)
     if memory is not None:
         max_workers = max(1, (memory - BASE_MEMORY_MB) // WORKER_MEMORY_MB)
@@ -368,10 +376,11 @@ def load(
                 f"more than a {dyno_size} dyno's {memory} MB; allowed: 1 to {max_workers} "
                 "(or a larger dynoSize)",
             )
-    pool_size = reader.integer("dbPoolSize", 1, 100)
-    max_overflow = reader.integer("dbMaxOverflow", 0, 100)
+    pool_size = reader.integer("dbPoolSize", 1, 50)
+    # MLflow reads 0 as "unset" (SQLAlchemy's 10), so the image refuses 0 and so does this.
+    max_overflow = reader.integer("dbMaxOverflow", 1, 50)
 
-    body_size = reader.string("nginxClientMaxBodySize", check_nginx_size)
+    body_size = reader.string("maxBodySize", check_body_size)
     login_user = reader.string("loginUser", check_login_user)
 
     login_password: pulumi.Output[str] | None = None
@@ -454,7 +463,7 @@ def load(
         mlflow_workers=workers,
         db_pool_size=pool_size,
         db_max_overflow=max_overflow,
-        nginx_client_max_body_size=body_size,
+        max_body_size=body_size,
         login_user=login_user,
         login_password=login_password,
         bucket_name=bucket_name,

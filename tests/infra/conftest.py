@@ -61,7 +61,9 @@ class HerokuAwsMocks(pulumi_mocks.Mocks):
         # In a preview of a new stack, provider-computed outputs are unknown.
         return UNKNOWN if self.preview else value
 
-    def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
+    def new_resource(
+        self, args: pulumi_mocks.MockResourceArgs
+    ) -> tuple[str | None, dict[str, Any]]:
         inputs = dict(args.inputs)
         kind = args.typ
         if kind == "heroku:app/app:App":
@@ -199,7 +201,10 @@ def base_config(stack: str) -> dict[str, str]:
     import yaml
 
     stack_file = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
-    config = {key: str(value).lower() if isinstance(value, bool) else str(value) for key, value in stack_file.items()}
+    config = {
+        key: str(value).lower() if isinstance(value, bool) else str(value)
+        for key, value in stack_file.items()
+    }
     config["heroku:apiKey"] = API_KEY
     return config
 

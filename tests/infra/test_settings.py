@@ -1,0 +1,313 @@
+"""Stack settings: defaults, every validation message, and hypothesis-generated bad values."""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from collections.abc import Mapping
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from infra import settings as stack_settings
+from infra.settings import DEFAULTS, Settings, SettingsError, load
+
+from .conftest import ROOT
+
+API_KEY = "0123456789abcdef-heroku-key"
+MINIMAL = {
+    "mlflow-heroku:appName": "acme-mlflow",
+    "aws:region": "eu-west-1",
+    "heroku:apiKey": API_KEY,
+}
+SECRET = {"heroku:apiKey", "mlflow-heroku:loginPassword"}
+
+
+def load_config(
+    overrides: Mapping[str, str | None] | None = None,
+    secret_keys: set[str] = SECRET,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    config: dict[str, str] = dict(MINIMAL)
+    for key, value in (overrides or {}).items():
+        full = key if ":" in key else f"mlflow-heroku:{key}"
+        if value is None:
+            config.pop(full, None)
+        else:
+            config[full] = value
+    return load("dev", config.get, lambda key: key in secret_keys, environ or {})
+
+
+def problem(overrides: Mapping[str, str | None], **kwargs: object) -> str:
+    with pytest.raises(SettingsError) as raised:
+        load_config(overrides, **kwargs)  # type: ignore[arg-type]
+    return str(raised.value)
+
+
+def test_minimal_config_gets_every_default() -> None:
+    loaded = load_config()
+    assert loaded.app_name == "acme-mlflow"
+    assert loaded.region == DEFAULTS["region"]
+    assert loaded.postgres_plan == DEFAULTS["postgresPlan"]
+    assert loaded.dyno_size == DEFAULTS["dynoSize"]
+    assert loaded.dyno_count == DEFAULTS["dynoCount"]
+    assert loaded.mlflow_workers == DEFAULTS["mlflowWorkers"]
+    assert loaded.db_pool_size == DEFAULTS["dbPoolSize"]
+    assert loaded.db_max_overflow == DEFAULTS["dbMaxOverflow"]
+    assert loaded.max_body_size == DEFAULTS["maxBodySize"]
+    assert loaded.login_user == DEFAULTS["loginUser"]
+    assert loaded.artifact_prefix == DEFAULTS["artifactPrefix"]
+    assert loaded.bucket_versioning is DEFAULTS["bucketVersioning"]
+    assert loaded.protect_data is DEFAULTS["protectData"]
+    assert loaded.custom_domains == ()
+    assert loaded.login_password is None
+    assert loaded.bucket_name is None
+    assert loaded.kms_key_arn is None
+    assert loaded.aws_region == "eu-west-1"
+
+
+def test_values_are_parsed() -> None:
+    loaded = load_config(
+        {
+            "dynoSize": "standard-2x",
+            "postgresPlan": "standard-0",
+            "dynoCount": "3",
+            "mlflowWorkers": "2",
+            "bucketVersioning": "True",
+            "customDomains": '["mlflow.example.com", "ml.example.org"]',
+            "bucketName": "acme-artifacts",
+            "kmsKeyArn": "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+        }
+    )
+    assert (loaded.dyno_size, loaded.dyno_count, loaded.mlflow_workers) == ("standard-2x", 3, 2)
+    assert loaded.bucket_versioning is True
+    assert loaded.custom_domains == ("mlflow.example.com", "ml.example.org")
+    assert loaded.bucket_name == "acme-artifacts"
+    assert loaded.db_connections_needed == 3 * 2 * (2 + 2) + stack_settings.DB_CONNECTION_MARGIN
+
+
+def test_api_key_may_come_from_the_environment() -> None:
+    loaded = load_config({"heroku:apiKey": None}, environ={"HEROKU_API_KEY": "from-env-key"})
+    assert loaded.heroku_api_key is not None
+
+
+BAD_VALUES = [
+    ("appName", None, "mlflow-heroku:appName: is required"),
+    ("appName", "ab", "'ab' is not a valid Heroku app name; it needs 3 to 30 characters"),
+    ("appName", "My-App", "'My-App' is not a valid Heroku app name"),
+    ("appName", "1app", "'1app' is not a valid Heroku app name"),
+    ("appName", "a" * 31, "is not a valid Heroku app name"),
+    ("appName", "app-", "'app-' is not a valid Heroku app name"),
+    ("region", "virginia", "mlflow-heroku:region: 'virginia' is not allowed; allowed: us, eu"),
+    ("postgresPlan", "hobby-dev", "'hobby-dev' is not allowed: Heroku retired it"),
+    ("postgresPlan", "mini", "'mini' is not allowed: Heroku retired it"),
+    ("postgresPlan", "essential-9", "not a current Heroku Postgres plan; allowed: essential-0"),
+    ("dynoSize", "Standard-1X", "'Standard-1X' must be written in lowercase ('standard-1x')"),
+    ("dynoSize", "hobby", "'hobby' is a retired dyno type"),
+    ("dynoSize", "huge", "'huge' is not a Heroku Common Runtime dyno size; allowed: eco, basic"),
+    ("dynoCount", "0", "mlflow-heroku:dynoCount: 0 is out of range; allowed: 1 to 100"),
+    ("dynoCount", "two", "'two' is not a whole number; allowed: 1 to 100"),
+    ("dynoCount", "2", "Heroku runs at most 1 basic dyno per process type"),
+    ("mlflowWorkers", "3", "3 workers need about 690 MB, more than a basic dyno's 512 MB"),
+    ("mlflowWorkers", "17", "17 is out of range; allowed: 1 to 16"),
+    ("dbPoolSize", "0", "mlflow-heroku:dbPoolSize: 0 is out of range; allowed: 1 to 50"),
+    ("dbMaxOverflow", "0", "mlflow-heroku:dbMaxOverflow: 0 is out of range; allowed: 1 to 50"),
+    ("dbPoolSize", "16", "= 21 connections, more than essential-0's limit of 20"),
+    ("maxBodySize", "100m", "'100m' is too small; allowed: 1g or more"),
+    ("maxBodySize", "5 GB", "'5 GB' is not an nginx size"),
+    ("loginUser", "ml:flow", "'ml:flow' must not contain ':'"),
+    ("loginUser", "", "'' is not a valid login user"),
+    ("loginUser", "a b", "'a b' is not a valid login user"),
+    ("bucketName", "My_Bucket", "'My_Bucket' is not a valid S3 bucket name"),
+    ("bucketName", "ab", "'ab' is not a valid S3 bucket name"),
+    ("bucketName", "a..b", "no two dots or a dot and a dash side by side"),
+    ("bucketName", "192.168.1.10", "must not look like an IP address"),
+    ("bucketName", "xn--bucket", "names starting with 'xn--' are reserved by AWS"),
+    ("bucketName", "bucket-s3alias", "names ending with '-s3alias' are reserved by AWS"),
+    ("bucketName", "my.bucket", "'my.bucket' must not contain dots"),
+    ("artifactPrefix", "/artifacts", "'/artifacts' is not a valid artifact prefix"),
+    ("artifactPrefix", "a//b", "'a//b' is not a valid artifact prefix"),
+    ("artifactPrefix", "a/../b", "'a/../b' is not a valid artifact prefix"),
+    ("bucketVersioning", "yes", "'yes' is not a boolean; allowed: true or false"),
+    ("protectData", "1", "mlflow-heroku:protectData: '1' is not a boolean"),
+    ("noncurrentVersionExpirationDays", "0", "0 is out of range; allowed: 1 to 3650"),
+    ("kmsKeyArn", "alias/mine", "'alias/mine' is not a KMS key ARN"),
+    ("accessKeyGeneration", "-1", "-1 is out of range; allowed: 1 to 1000000"),
+    ("customDomains", "[1, 2]", "is not a list of host names"),
+    ("customDomains", '["Example.com"]', "'Example.com' is not a valid lowercase DNS host name"),
+    ("customDomains", '["x.herokuapp.com"]', "'x.herokuapp.com' is a herokuapp.com name"),
+    ("customDomains", '["a.example.com", "a.example.com"]', "lists a host name twice"),
+    ("releaseTimeoutSeconds", "5", "5 is out of range; allowed: 60 to 3600"),
+    ("aws:region", None, "aws:region: is required"),
+    ("aws:region", "europe", "aws:region: 'europe' is not an AWS region name"),
+    ("heroku:apiKey", None, "heroku:apiKey: is required"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "message"), BAD_VALUES)
+def test_bad_value_names_key_value_and_what_is_allowed(
+    key: str, value: str | None, message: str
+) -> None:
+    text = problem({key: value})
+    assert message in text
+    qualified = key if ":" in key else f"mlflow-heroku:{key}"
+    assert f"{qualified}:" in text
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    text = problem({"region": "mars", "dynoSize": "huge", "appName": "X"})
+    assert text.count("\n  - ") == 3
+
+
+def test_secret_values_are_refused_in_plain_text_and_never_echoed() -> None:
+    password = "short-Secret1"
+    text = problem({"loginPassword": password})
+    assert "is too short" in text
+    assert password not in text
+    text = problem({"loginPassword": "x" * 20}, secret_keys={"heroku:apiKey"})
+    assert "mlflow-heroku:loginPassword: is stored in plain text" in text
+    assert "x" * 20 not in text
+    text = problem({}, secret_keys=set())
+    assert "heroku:apiKey: is stored in plain text" in text
+    assert API_KEY not in text
+    text = problem({"loginPassword": "p" * 73})
+    assert "at most 72 bytes" in text
+
+
+def test_connection_limit_counts_every_worker_of_every_dyno() -> None:
+    # 2 dynos x 2 workers x (2 + 2) + 3 = 19 fits essential-0's 20; 3 dynos do not.
+    fits = {"dynoSize": "standard-1x", "dynoCount": "2", "mlflowWorkers": "2"}
+    assert load_config(fits).db_connections_needed == 19
+    text = problem({**fits, "dynoCount": "3"})
+    assert "= 27 connections, more than essential-0's limit of 20" in text
+    assert load_config({**fits, "dynoCount": "3", "postgresPlan": "standard-0"}).dyno_count == 3
+
+
+def test_stack_files_are_valid_and_hold_no_secrets() -> None:
+    for stack in ("dev", "prod"):
+        config = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
+        assert not {"heroku:apiKey", "mlflow-heroku:loginPassword"} & set(config)
+        assert not any(isinstance(value, dict) and "secure" in value for value in config.values())
+        raw = {key: str(value) for key, value in config.items()}
+        raw["heroku:apiKey"] = API_KEY
+        loaded = load(stack, raw.get, lambda key: key == "heroku:apiKey", {})
+        assert loaded.app_name.endswith(stack)
+    prod = yaml.safe_load((ROOT / "Pulumi.prod.yaml").read_text())["config"]
+    dev = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())["config"]
+    assert str(prod["mlflow-heroku:protectData"]) == "true"
+    assert str(prod["mlflow-heroku:bucketVersioning"]) == "true"
+    assert str(dev["mlflow-heroku:protectData"]) == "false"
+    limits = stack_settings.POSTGRES_CONNECTION_LIMITS
+    assert limits[prod["mlflow-heroku:postgresPlan"]] > limits[dev["mlflow-heroku:postgresPlan"]]
+
+
+def test_pulumi_yaml_declares_exactly_the_settings_and_their_defaults() -> None:
+    project = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
+    assert project["name"] == stack_settings.PROJECT
+    assert project["runtime"]["name"] == "python"
+    declared = project["config"]
+    known = set(DEFAULTS) | set(stack_settings.OPTIONAL_KEYS) | set(stack_settings.REQUIRED_KEYS)
+    assert set(declared) == known
+    for key, declaration in declared.items():
+        assert declaration.get("description"), key
+        if key in DEFAULTS:
+            assert declaration.get("default") == DEFAULTS[key], key
+            kind = {bool: "boolean", int: "integer", str: "string", list: "array"}
+            assert declaration["type"] == kind[type(DEFAULTS[key])], key
+        else:
+            assert "default" not in declaration, key
+    for key in stack_settings.SECRET_KEYS:
+        assert declared[key].get("secret") is True
+
+
+# -- fuzzing: generated bad values fail with SettingsError naming the key, nothing else ----------
+
+printable = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
+
+
+def _not(check: object) -> object:
+    return lambda value: check(value) is not None  # type: ignore[operator]
+
+
+BAD_STRATEGIES = {
+    "appName": printable.filter(_not(stack_settings.check_app_name)),
+    "region": printable.filter(lambda value: value not in stack_settings.HEROKU_REGIONS),
+    "postgresPlan": printable.filter(_not(stack_settings.check_postgres_plan)),
+    "dynoSize": printable.filter(_not(stack_settings.check_dyno_size)),
+    "dynoCount": st.one_of(
+        st.integers(max_value=0).map(str),
+        st.integers(min_value=101).map(str),
+        printable.filter(lambda value: not re.fullmatch(r"\s*\+?0*1\s*", value)),
+    ),
+    "mlflowWorkers": st.integers(min_value=17, max_value=10**30).map(str),
+    "releaseTimeoutSeconds": st.one_of(st.integers(max_value=59), st.integers(min_value=3601)).map(
+        str
+    ),
+    "dbPoolSize": st.one_of(st.integers(max_value=0), st.integers(min_value=51)).map(str),
+    "maxBodySize": printable.filter(_not(stack_settings.check_body_size)),
+    "loginUser": printable.filter(_not(stack_settings.check_login_user)),
+    "bucketName": printable.filter(_not(stack_settings.check_bucket_name)),
+    "artifactPrefix": printable.filter(_not(stack_settings.check_artifact_prefix)),
+    "bucketVersioning": printable.filter(lambda v: v.strip().lower() not in ("true", "false")),
+    "kmsKeyArn": printable.filter(_not(stack_settings.check_kms_key)),
+    "customDomains": st.lists(
+        st.text(
+            alphabet=string.ascii_letters + string.digits + "._-*", min_size=1, max_size=20
+        ).filter(_not(stack_settings.check_hostname)),
+        min_size=1,
+        max_size=3,
+    ).map(json.dumps),
+    "aws:region": printable.filter(
+        lambda v: v != "" and not re.fullmatch(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d", v)
+    ),
+}
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.filter_too_much],
+)
+@given(data=st.data())
+def test_generated_bad_values_give_a_clear_error_naming_the_key(data: st.DataObject) -> None:
+    key = data.draw(st.sampled_from(sorted(BAD_STRATEGIES)), label="key")
+    value = data.draw(BAD_STRATEGIES[key], label="value")
+    with pytest.raises(SettingsError) as raised:
+        load_config({key: value})
+    qualified = key if ":" in key else f"mlflow-heroku:{key}"
+    assert f"  - {qualified}: " in str(raised.value)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(
+    config=st.dictionaries(
+        st.sampled_from(sorted({*DEFAULTS, *stack_settings.OPTIONAL_KEYS, "appName"})),
+        printable,
+        max_size=6,
+    )
+)
+def test_any_config_either_loads_or_fails_with_settings_error(config: dict[str, str]) -> None:
+    """Whatever the values, the only exception is SettingsError (never a library traceback)."""
+    try:
+        loaded = load_config(config)
+    except SettingsError as error:
+        assert str(error).startswith("Invalid configuration for stack 'dev':")
+    else:
+        assert isinstance(loaded, Settings)
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(password=printable.map(lambda text: f"QZXJ{text}"), plain=st.booleans())
+def test_a_password_is_never_echoed(password: str, plain: bool) -> None:
+    secret_keys = {"heroku:apiKey"} if plain else SECRET
+    try:
+        load_config({"loginPassword": password}, secret_keys=secret_keys)
+    except SettingsError as error:
+        assert "QZXJ" not in str(error)
+        assert "mlflow-heroku:loginPassword: " in str(error)
+    else:
+        assert not plain
