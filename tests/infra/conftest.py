@@ -12,7 +12,7 @@ import hashlib
 import importlib.util
 import secrets
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -148,7 +148,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
         self.registrations: list[Registration] = []
 
     def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
-        response = super().RegisterResource(request)
+        response = super().RegisterResource(request)  # type: ignore[no-untyped-call]
         if request.type != "pulumi:pulumi:Stack":
             self.registrations.append(
                 Registration(
@@ -190,7 +190,8 @@ class ProgramRun:
 
 def load_program() -> ModuleType:
     spec = importlib.util.spec_from_file_location("mlflow_heroku_program", ROOT / "__main__.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -198,7 +199,7 @@ def load_program() -> ModuleType:
 
 def base_config(stack: str) -> dict[str, str]:
     """The committed stack file's values plus the secrets a user sets with --secret."""
-    import yaml
+    import yaml  # type: ignore[import-untyped]  # no stubs in the lock
 
     stack_file = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
     config = {
@@ -227,7 +228,7 @@ def run_program(
     run = ProgramRun(registrations=monitor.registrations, outputs={}, secret_outputs=set())
     main = program or load_program().main
 
-    @pulumi.runtime.test  # type: ignore[misc]
+    @pulumi.runtime.test  # type: ignore[untyped-decorator]
     def drive() -> pulumi.Output[Any]:
         outputs = main()
 
@@ -251,6 +252,6 @@ def run_program(
 
 
 @pytest.fixture(scope="session")
-def program_module() -> Iterator[ModuleType]:
+def program_module() -> ModuleType:
     # Importing pulumi_aws is slow; do it once per session.
-    yield load_program()
+    return load_program()
