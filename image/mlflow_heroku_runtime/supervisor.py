@@ -176,7 +176,6 @@ class Supervisor:
                 "_MLFLOW_SGI_NAME": "uvicorn",
                 "MLFLOW_ENABLE_WORKSPACES": env.get("MLFLOW_ENABLE_WORKSPACES", "false"),
                 "_MLFLOW_HEROKU_DB_DESCRIPTION": self.settings.database_description,
-                "_MLFLOW_HEROKU_SECRETS": "\0".join(self.settings.secrets),
                 "MLFLOW_HEROKU_DB_WAIT_SECONDS": str(self.settings.db_wait_seconds),
                 "PYTHONPATH": os.pathsep.join(
                     filter(None, [str(RUNTIME_PACKAGE_DIR.parent), env.get("PYTHONPATH")])
@@ -246,6 +245,14 @@ class Supervisor:
         return None
 
     def run(self) -> int:
+        try:
+            return self._run()
+        except BaseException:
+            # Whatever went wrong here, never leave nginx or MLflow behind.
+            self.shutdown(CHILD_FAILED_EXIT)
+            raise
+
+    def _run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         started = time.monotonic()

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import requests
+import requests.auth
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = REPO_ROOT / "image" / "entrypoint.py"
@@ -345,10 +346,10 @@ class Stack:
         return f"http://{LOOPBACK}:{self.port}"
 
     @property
-    def auth(self) -> tuple[bytes, bytes]:
-        """For requests' ``auth=``: UTF-8 encoded like MLflow's client and browsers
-        (requests itself would encode str as Latin-1)."""
-        return (self.username.encode(), self.password.encode())
+    def auth(self) -> requests.auth.HTTPBasicAuth:
+        """For requests' ``auth=``: the login UTF-8 encoded like MLflow's client and
+        browsers send it (requests would encode a plain str tuple as Latin-1)."""
+        return requests.auth.HTTPBasicAuth(self.username.encode(), self.password.encode())
 
     def output(self) -> str:
         """Everything the entrypoint and its children wrote so far (stdout + stderr)."""

@@ -1,0 +1,183 @@
+"""The real MLflow Python client through nginx against PostgreSQL and moto S3.
+
+The client runs with no AWS credentials in its environment: artifacts are proxied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.support.services import S3Server, Stack
+
+pytestmark = pytest.mark.integration
+
+AWS_VARIABLES = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_PROFILE",
+    "MLFLOW_S3_ENDPOINT_URL",
+)
+
+
+@pytest.fixture
+def client(stack: Stack, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+    """An MlflowClient that knows only the tracking URL and the login."""
+    for name in AWS_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    # No shared credentials file either: boto3 would find nothing.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", stack.url)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", stack.username)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", stack.password)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=stack.url)
+
+
+def _experiment(client: Any) -> str:
+    experiment_id: str = client.create_experiment(f"image-test-{uuid.uuid4().hex[:8]}")
+    return experiment_id
+
+
+def test_tracking_round_trip(client: Any) -> None:
+    from mlflow.entities import Metric
+
+    experiment_id = _experiment(client)
+    run = client.create_run(experiment_id, tags={"team": "ml", "note": "ünïcode ok"})
+    run_id = run.info.run_id
+    client.log_param(run_id, "learning_rate", "0.01")
+    client.log_param(run_id, "layers", "3")
+    client.set_tag(run_id, "stage", "test")
+    points = [
+        Metric("loss", 1.0 / (step + 1), 1_700_000_000_000 + step, step) for step in range(1000)
+    ]
+    for start in range(0, 1000, 250):  # log-batch allows up to 1,000 entries per call
+        client.log_batch(run_id, metrics=points[start : start + 250])
+    client.set_terminated(run_id)
+
+    fetched = client.get_run(run_id)
+    assert fetched.data.params == {"learning_rate": "0.01", "layers": "3"}
+    assert fetched.data.tags["stage"] == "test"
+    assert fetched.data.tags["note"] == "ünïcode ok"
+    assert fetched.info.status == "FINISHED"
+    history = client.get_metric_history(run_id, "loss")
+    assert sorted(point.step for point in history) == list(range(1000))
+    assert {point.step: point.value for point in history}[999] == pytest.approx(1.0 / 1000)
+    found = client.search_runs([experiment_id], filter_string="params.layers = '3'")
+    assert [found_run.info.run_id for found_run in found] == [run_id]
+
+
+@pytest.mark.parametrize("size", [1024, 10 * 1024**2, 100 * 1024**2], ids=["1KB", "10MB", "100MB"])
+def test_artifacts_land_in_the_bucket(client: Any, s3: S3Server, tmp_path: Path, size: int) -> None:
+    experiment_id = _experiment(client)
+    experiment = client.get_experiment(experiment_id)
+    assert experiment.artifact_location.startswith("mlflow-artifacts:/")
+    run_id = client.create_run(experiment_id).info.run_id
+    source = tmp_path / f"blob-{size}.bin"
+    with source.open("wb") as handle:  # not all zeros, so a truncated copy cannot match
+        block = os.urandom(1024 * 1024)
+        for offset in range(0, size, len(block)):
+            handle.write(block[: min(len(block), size - offset)])
+    client.log_artifact(run_id, str(source), artifact_path="data")
+
+    keys = s3.keys("artifacts/")
+    matching = {
+        key: length
+        for key, length in keys.items()
+        if key.endswith(f"/{run_id}/artifacts/data/{source.name}")
+    }
+    assert list(matching.values()) == [size]
+    listed = client.list_artifacts(run_id, "data")
+    assert [(item.path, item.file_size) for item in listed] == [(f"data/{source.name}", size)]
+    downloaded = Path(
+        client.download_artifacts(run_id, f"data/{source.name}", str(tmp_path / "out"))
+    )
+    assert (
+        hashlib.sha256(downloaded.read_bytes()).digest()
+        == hashlib.sha256(source.read_bytes()).digest()
+    )
+
+
+def test_proxied_multipart_upload(
+    client: Any, s3: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD: the server hands out presigned part URLs."""
+    monkeypatch.setenv("MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD", "true")
+    monkeypatch.setenv("MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE", str(5 * 1024**2))
+    monkeypatch.setenv("MLFLOW_MULTIPART_UPLOAD_CHUNK_SIZE", str(5 * 1024**2))
+    experiment_id = _experiment(client)
+    run_id = client.create_run(experiment_id).info.run_id
+    source = tmp_path / "multipart.bin"
+    payload = os.urandom(12 * 1024**2 + 123)  # three parts, the last one short
+    source.write_bytes(payload)
+    client.log_artifact(run_id, str(source))
+
+    key = next(
+        key for key in s3.keys("artifacts/") if key.endswith(f"/{run_id}/artifacts/multipart.bin")
+    )
+    assert s3.read(key) == payload
+    head = s3.client().head_object(Bucket=s3.bucket, Key=key)
+    assert head["ETag"].strip('"').endswith("-3")  # S3's marker of a 3-part upload
+
+
+def test_r_client_rest_calls(stack: Stack) -> None:
+    """The REST endpoints the R client (mlflow R package) calls, with basic auth."""
+    api = f"{stack.url}/api/2.0/mlflow"
+    session = requests.Session()
+    session.auth = stack.auth
+
+    def call(method: str, path: str, **kwargs: Any) -> Any:
+        response = session.request(method, f"{api}/{path}", timeout=30, **kwargs)
+        assert response.status_code == 200, (path, response.status_code, response.text)
+        return response.json()
+
+    name = f"r-client-{uuid.uuid4().hex[:8]}"
+    experiment_id = call("POST", "experiments/create", json={"name": name})["experiment_id"]
+    assert (
+        call("GET", "experiments/get-by-name", params={"experiment_name": name})["experiment"][
+            "experiment_id"
+        ]
+        == experiment_id
+    )
+    assert (
+        call("GET", "experiments/get", params={"experiment_id": experiment_id})["experiment"][
+            "name"
+        ]
+        == name
+    )
+    run = call("POST", "runs/create", json={"experiment_id": experiment_id, "start_time": 1})["run"]
+    run_id = run["info"]["run_id"]
+    call(
+        "POST",
+        "runs/log-metric",
+        json={"run_id": run_id, "key": "m", "value": 1.5, "timestamp": 2, "step": 0},
+    )
+    call("POST", "runs/log-parameter", json={"run_id": run_id, "key": "p", "value": "v"})
+    call("POST", "runs/set-tag", json={"run_id": run_id, "key": "t", "value": "x"})
+    call(
+        "POST",
+        "runs/log-batch",
+        json={"run_id": run_id, "metrics": [{"key": "m", "value": 2.5, "timestamp": 3, "step": 1}]},
+    )
+    call("POST", "runs/update", json={"run_id": run_id, "status": "FINISHED", "end_time": 4})
+    fetched = call("GET", "runs/get", params={"run_id": run_id})["run"]
+    assert fetched["info"]["status"] == "FINISHED"
+    assert fetched["data"]["params"] == [{"key": "p", "value": "v"}]
+    history = call("GET", "metrics/get-history", params={"run_id": run_id, "metric_key": "m"})
+    assert sorted(point["value"] for point in history["metrics"]) == [1.5, 2.5]
+    searched = call("POST", "runs/search", json={"experiment_ids": [experiment_id]})
+    assert [item["info"]["run_id"] for item in searched["runs"]] == [run_id]
+    experiments = call("POST", "experiments/search", json={"max_results": 1000})["experiments"]
+    assert experiment_id in {item["experiment_id"] for item in experiments}
+    call("POST", "runs/delete", json={"run_id": run_id})
+    call("POST", "experiments/delete", json={"experiment_id": experiment_id})
