@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import requests
+import requests.auth
 
 from smoke.target import Target
 
@@ -104,7 +105,10 @@ class SmokeCheck:
         self._anonymous.headers["User-Agent"] = USER_AGENT
         self._authenticated = requests.Session()
         self._authenticated.headers["User-Agent"] = USER_AGENT
-        self._authenticated.auth = (target.username, target.password)
+        # UTF-8, as MLflow's client and browsers send it (requests alone would use Latin-1).
+        self._authenticated.auth = requests.auth.HTTPBasicAuth(
+            target.username.encode(), target.password.encode()
+        )
 
     # ------------------------------------------------------------------ running
 

@@ -1,0 +1,389 @@
+"""The GitHub workflows: valid for GitHub, clean under zizmor, and shaped the way delivery needs.
+
+No Docker engine or GitHub here, so the workflows are checked statically (schema, zizmor, the
+structure below) and the shell each guard step runs is executed for real with bash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml  # type: ignore[import-untyped]  # no stubs in the lock
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+GITHUB_DIR = REPO_ROOT / ".github"
+WORKFLOW_DIR = GITHUB_DIR / "workflows"
+WORKFLOWS = sorted(WORKFLOW_DIR.glob("*.yml"))
+ACTIONS = sorted(GITHUB_DIR.glob("actions/*/action.yml"))
+TOOLS = Path(sys.executable).parent
+SHA_PIN = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_./-]+@[0-9a-f]{40}$")
+STACKS = sorted(path.name.split(".")[1] for path in REPO_ROOT.glob("Pulumi.*.yaml"))
+PULUMI_ACTION = "pulumi/actions@"
+
+
+def load(path: Path) -> dict[str, Any]:
+    document: dict[Any, Any] = yaml.safe_load(path.read_text())
+    # YAML 1.1 reads the bare key `on` as the boolean True.
+    if True in document:
+        document["on"] = document.pop(True)
+    return document
+
+
+def workflow(name: str) -> dict[str, Any]:
+    return load(WORKFLOW_DIR / name)
+
+
+def all_steps() -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, step) for every step of every workflow job and composite action."""
+    for path in WORKFLOWS:
+        for job_id, job in load(path)["jobs"].items():
+            for step in job.get("steps", []):
+                yield f"{path.name}:{job_id}", step
+    for path in ACTIONS:
+        for step in load(path)["runs"].get("steps", []):
+            yield str(path.relative_to(REPO_ROOT)), step
+
+
+def pulumi_jobs() -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(workflow:job, job, the pulumi/actions step's `with`) for every job running Pulumi."""
+    for path in WORKFLOWS:
+        for job_id, job in load(path)["jobs"].items():
+            for step in job.get("steps", []):
+                if str(step.get("uses", "")).startswith(PULUMI_ACTION):
+                    yield f"{path.name}:{job_id}", job, step["with"]
+
+
+def run_step_script(script: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run a workflow step's shell as GitHub does (bash -e, pipefail)."""
+    return subprocess.run(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
+        env={"PATH": os.environ["PATH"], **env},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+
+
+def step_named(job: dict[str, Any], prefix: str) -> dict[str, Any]:
+    matches = [step for step in job["steps"] if str(step.get("name", "")).startswith(prefix)]
+    assert len(matches) == 1, f"expected one step named {prefix!r}"
+    step: dict[str, Any] = matches[0]
+    return step
+
+
+# --------------------------------------------------------------------------- external checkers
+
+
+def test_the_expected_workflows_exist() -> None:
+    names = {path.name for path in WORKFLOWS}
+    assert {"pull-request.yml", "deploy.yml", "destroy.yml", "image.yml", "tests.yml"} <= names
+    assert STACKS == ["dev", "prod"]
+
+
+def test_workflows_and_actions_match_githubs_schemas() -> None:
+    checks = [
+        ("vendor.github-workflows", WORKFLOWS),
+        ("vendor.github-actions", ACTIONS),
+        ("vendor.dependabot", [GITHUB_DIR / "dependabot.yml"]),
+    ]
+    for schema, paths in checks:
+        result = subprocess.run(
+            [str(TOOLS / "check-jsonschema"), "--builtin-schema", schema, *map(str, paths)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        assert result.returncode == 0, f"{schema}:\n{result.stdout}{result.stderr}"
+
+
+def test_the_schema_check_rejects_a_broken_workflow(tmp_path: Path) -> None:
+    """The check above can fail: a job without runs-on or uses is not a workflow."""
+    broken = tmp_path / "broken.yml"
+    broken.write_text("on: push\njobs:\n  build:\n    steps:\n      - run: echo hi\n")
+    result = subprocess.run(
+        [
+            str(TOOLS / "check-jsonschema"),
+            "--builtin-schema",
+            "vendor.github-workflows",
+            str(broken),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode != 0
+
+
+def zizmor_findings(target: Path) -> list[dict[str, Any]]:
+    result = subprocess.run(
+        [str(TOOLS / "zizmor"), "--offline", "--format", "json", "--no-progress", str(target)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    findings: list[dict[str, Any]] = json.loads(result.stdout)
+    # Exit codes: 0 clean, 10-14 findings by severity; anything else is zizmor failing.
+    assert result.returncode in (0, 10, 11, 12, 13, 14), result.stderr
+    return findings
+
+
+def test_zizmor_reports_nothing() -> None:
+    findings = zizmor_findings(GITHUB_DIR)
+    summary = [
+        f"{finding['ident']}: {finding['desc']} at "
+        f"{finding['locations'][0]['symbolic']['key']['Local']['given_path']}"
+        for finding in findings
+    ]
+    assert summary == []
+
+
+def test_zizmor_flags_an_unsafe_workflow(tmp_path: Path) -> None:
+    """zizmor really audits here: a tag-pinned action with persisted credentials is flagged."""
+    unsafe = tmp_path / ".github" / "workflows" / "unsafe.yml"
+    unsafe.parent.mkdir(parents=True)
+    unsafe.write_text(
+        "on: pull_request\npermissions: {}\njobs:\n  build:\n    runs-on: ubuntu-24.04\n"
+        "    permissions:\n      contents: read\n    steps:\n"
+        "      - uses: actions/checkout@v4\n"
+        "      - run: echo ${{ github.event.pull_request.title }}\n"
+    )
+    idents = {finding["ident"] for finding in zizmor_findings(tmp_path)}
+    assert {"artipacked", "template-injection"} <= idents
+
+
+# --------------------------------------------------------------------------- structure
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda path: path.name)
+def test_permissions_are_empty_at_the_top_and_explicit_per_job(path: Path) -> None:
+    document = load(path)
+    assert document["permissions"] == {}
+    for job_id, job in document["jobs"].items():
+        assert "permissions" in job, f"job {job_id} has no permissions block"
+        assert "write-all" not in str(job["permissions"]), job_id
+
+
+def test_every_third_party_action_is_pinned_to_a_commit() -> None:
+    uses_lines = [
+        line.strip()
+        for path in [*WORKFLOWS, *ACTIONS]
+        for line in path.read_text().splitlines()
+        if re.match(r"^\s*(- )?uses:", line)
+    ]
+    assert uses_lines
+    for line in uses_lines:
+        reference = line.split("uses:", 1)[1].split("#", 1)[0].strip()
+        if reference.startswith("$/"):
+            continue  # this repository, at the running commit
+        assert SHA_PIN.match(reference), f"not pinned to a full commit SHA: {line}"
+        # The comment keeps the human-readable version next to the SHA (Dependabot updates both).
+        assert re.search(r"#\s*v?\d+(\.\d+)*\s*$", line), f"no version comment: {line}"
+
+
+def test_checkout_never_persists_credentials() -> None:
+    checkouts = [
+        (where, step)
+        for where, step in all_steps()
+        if str(step.get("uses", "")).startswith("actions/checkout@")
+    ]
+    assert checkouts
+    for where, step in checkouts:
+        assert step.get("with", {}).get("persist-credentials") is False, where
+
+
+def test_every_pulumi_job_holds_its_stacks_concurrency_group() -> None:
+    jobs = list(pulumi_jobs())
+    assert {where.split(":")[0] for where, _, _ in jobs} == {
+        "pull-request.yml",
+        "deploy.yml",
+        "destroy.yml",
+    }
+    for where, job, settings in jobs:
+        concurrency = job["concurrency"]
+        assert concurrency["group"] == f"pulumi-{settings['stack-name']}", where
+        # Cancelling a running `pulumi up` would leave the stack locked and half-applied.
+        assert concurrency["cancel-in-progress"] is False, where
+
+
+def test_pulumi_outputs_are_not_printed() -> None:
+    for where, _, settings in pulumi_jobs():
+        assert settings.get("suppress-outputs") is True, where
+
+
+def test_pull_requests_preview_every_stack_with_one_updated_comment_each() -> None:
+    document = workflow("pull-request.yml")
+    assert list(document["on"]) == ["pull_request"]
+    preview = document["jobs"]["preview"]
+    assert preview["needs"] == "tests"
+    assert sorted(preview["strategy"]["matrix"]["stack"]) == STACKS
+    settings = step_named(preview, "pulumi preview")["with"]
+    assert settings["command"] == "preview"
+    assert settings["stack-name"] == "${{ matrix.stack }}"
+    assert settings["comment-on-pr"] is True
+    assert settings["edit-pr-comment"] is True
+    assert preview["permissions"] == {
+        "contents": "read",
+        "id-token": "write",
+        "pull-requests": "write",
+    }
+    for called in ("tests", "image"):
+        assert document["jobs"][called]["uses"] == f"$/.github/workflows/{called}.yml"
+
+
+def test_main_deploys_dev_then_smoke_checks_then_prod_behind_its_environment() -> None:
+    document = workflow("deploy.yml")
+    assert document["on"] == {"push": {"branches": ["main"]}}
+    dev, prod = document["jobs"]["dev"], document["jobs"]["prod"]
+    assert sorted(dev["needs"]) == ["image", "tests"]
+    assert prod["needs"] == "dev"
+    assert dev["environment"]["name"] == "dev"
+    assert prod["environment"]["name"] == "prod"
+    for job, stack in ((dev, "dev"), (prod, "prod")):
+        names = [str(step.get("name", step.get("uses", ""))) for step in job["steps"]]
+        up_index = names.index("pulumi up")
+        smoke = job["steps"][up_index + 1]
+        assert smoke["run"] == f".venv/bin/python -m smoke --pulumi-stack {stack} --wait 180"
+        assert job["steps"][up_index]["with"]["command"] == "up"
+        assert job["steps"][up_index]["with"]["stack-name"] == stack
+
+
+def test_the_program_dependencies_land_where_pulumi_yaml_looks() -> None:
+    """pulumi/actions runs the CLI, which uses the virtualenv that Pulumi.yaml names."""
+    virtualenv = load(REPO_ROOT / "Pulumi.yaml")["runtime"]["options"]["virtualenv"]
+    action = load(GITHUB_DIR / "actions" / "pulumi-prepare" / "action.yml")
+    install = next(
+        step for step in action["runs"]["steps"] if "requirements.txt" in step.get("run", "")
+    )
+    assert f"python -m venv {virtualenv}\n" in install["run"]
+    assert f"{virtualenv}/bin/python -m pip install" in install["run"]
+    assert "--require-hashes -r requirements.txt" in install["run"]
+
+
+def test_the_image_is_built_for_heroku_run_smoke_checked_and_scanned() -> None:
+    job = workflow("image.yml")["jobs"]["build-run-scan"]
+    assert set(job["services"]) == {"postgres", "s3"}
+    build = step_named(job, "Build")["with"]
+    assert build["context"] == "image"  # the Dockerfile COPYs paths relative to image/
+    assert build["file"] == "image/Dockerfile"
+    assert build["platforms"] == "linux/amd64"
+    assert build["provenance"] is False
+    assert build["sbom"] is False
+    assert build["load"] is True
+    assert build["push"] is False
+    names = [str(step.get("name", "")) for step in job["steps"]]
+    assert names.index("Smoke check (with the image's own Python and requests)") > names.index(
+        "Start the container as a dyno would (non-root, $PORT, config vars)"
+    )
+    scan = step_named(job, "Scan")
+    assert scan["uses"].startswith("aquasecurity/trivy-action@")
+    assert scan["with"]["severity"] == "CRITICAL"
+    assert scan["with"]["ignore-unfixed"] is True
+    assert scan["with"]["exit-code"] == "1"
+    assert scan["with"]["image-ref"] == "${{ env.IMAGE }}"
+
+
+# --------------------------------------------------------------------------- destroy
+
+
+DESTROY = workflow("destroy.yml")
+
+
+def test_destroy_is_manual_and_asks_for_the_stack_and_confirmations() -> None:
+    inputs = DESTROY["on"]["workflow_dispatch"]["inputs"]
+    assert list(DESTROY["on"]) == ["workflow_dispatch"]
+    assert inputs["stack"]["options"] == STACKS
+    assert inputs["confirm"]["required"] is True
+    assert "confirm-prod" in inputs
+    destroy = DESTROY["jobs"]["destroy"]
+    assert destroy["needs"] == "confirm"
+    assert destroy["environment"]["name"] == "${{ inputs.stack }}"
+    settings = step_named(destroy, "pulumi destroy")["with"]
+    assert settings["command"] == "destroy"
+    assert settings["exclude-protected"] is True
+
+
+@pytest.mark.parametrize(
+    ("stack", "confirmation", "prod_confirmation", "allowed"),
+    [
+        ("dev", "dev", "", True),
+        ("dev", "dev", "destroy prod", True),
+        ("dev", "prod", "", False),
+        ("dev", "", "", False),
+        ("dev", "dev ", "", False),
+        ("prod", "prod", "destroy prod", True),
+        ("prod", "prod", "", False),
+        ("prod", "prod", "yes", False),
+        ("prod", "Prod", "destroy prod", False),
+        ("prod", "dev", "destroy prod", False),
+        ("staging", "staging", "", False),
+    ],
+)
+def test_the_confirmation_step_refuses_unless_confirmed(
+    stack: str, confirmation: str, prod_confirmation: str, allowed: bool
+) -> None:
+    job = DESTROY["jobs"]["confirm"]
+    assert job["env"] == {
+        "STACK": "${{ inputs.stack }}",
+        "CONFIRMATION": "${{ inputs.confirm }}",
+        "PROD_CONFIRMATION": "${{ inputs.confirm-prod }}",
+    }
+    script = step_named(job, "Refuse unless confirmed")["run"]
+    result = run_step_script(
+        script,
+        {"STACK": stack, "CONFIRMATION": confirmation, "PROD_CONFIRMATION": prod_confirmation},
+    )
+    assert (result.returncode == 0) is allowed, result.stdout + result.stderr
+    if not allowed:
+        assert "::error" in result.stdout
+
+
+def test_the_confirmation_step_never_echoes_what_was_typed() -> None:
+    """Typed text could hold workflow commands; the refusal must not print it."""
+    script = step_named(DESTROY["jobs"]["confirm"], "Refuse unless confirmed")["run"]
+    typed = "::add-mask::injected-by-typing"
+    for env in (
+        {"STACK": "dev", "CONFIRMATION": typed, "PROD_CONFIRMATION": ""},
+        {"STACK": "prod", "CONFIRMATION": "prod", "PROD_CONFIRMATION": typed},
+    ):
+        result = run_step_script(script, env)
+        assert result.returncode == 1
+        assert "injected-by-typing" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_the_job_summary_says_what_the_stack_keeps(stack: str, tmp_path: Path) -> None:
+    summary_file = tmp_path / "summary.md"
+    script = step_named(DESTROY["jobs"]["confirm"], "Say what the stack keeps")["run"]
+    result = run_step_script(script, {"STACK": stack, "GITHUB_STEP_SUMMARY": str(summary_file)})
+    assert result.returncode == 0, result.stderr
+    summary = summary_file.read_text()
+    assert f"## Destroying stack {stack}" in summary
+    if stack == "prod":
+        for kept in ("Heroku Postgres add-on", "S3 artifact bucket", "protectData", "unprotect"):
+            assert kept in summary
+    else:
+        assert "keeps nothing" in summary
+
+
+# --------------------------------------------------------------------------- documentation
+
+
+def test_every_secret_and_variable_the_workflows_use_is_documented() -> None:
+    text = "\n".join(path.read_text() for path in [*WORKFLOWS, *ACTIONS])
+    names = set(re.findall(r"\$\{\{\s*(?:secrets|vars)\.([A-Z0-9_]+)", text))
+    assert names, "no secrets found: the pattern is wrong"
+    operations = (REPO_ROOT / "docs" / "operations.md").read_text()
+    missing = sorted(name for name in names if f"`{name}`" not in operations)
+    assert missing == [], "document these in docs/operations.md"
