@@ -40,6 +40,13 @@ def s3() -> Iterator[S3Server]:
 def stack(postgres: PostgresCluster, s3: S3Server) -> Iterator[Stack]:
     """The shared running stack, configured like a Heroku dyno. Do not stop or break it:
     start your own with ``tests.support.services.start_stack`` for that."""
-    env = heroku_env(port=free_port(), database_url=postgres.url, s3=s3)
+    # Unauthenticated probes from every test arrive from 127.0.0.1 and count as failed
+    # logins: a looser limit than the default (10/min) keeps them from meeting 429.
+    env = heroku_env(
+        port=free_port(),
+        database_url=postgres.url,
+        s3=s3,
+        MLFLOW_HEROKU_AUTH_FAILURES_PER_MINUTE="120",
+    )
     with running_stack(env, ready_timeout=90) as running:
         yield running
