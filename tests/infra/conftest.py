@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import secrets
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -51,6 +50,16 @@ def reveal(value: Any) -> Any:
     return value
 
 
+def fake(*parts: object, length: int = 12) -> str:
+    """Deterministic stand-in for a provider-generated value: the same run gives the same
+    value, as a real provider keeps its resources' IDs from one `pulumi up` to the next."""
+    return hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:length]
+
+
+def fake_uuid(*parts: object) -> str:
+    return str(uuid.UUID(fake(*parts, length=32)))
+
+
 class HerokuAwsMocks(pulumi_mocks.Mocks):
     """Outputs shaped like the real providers' (secrets where they return secrets)."""
 
@@ -68,8 +77,8 @@ class HerokuAwsMocks(pulumi_mocks.Mocks):
         kind = args.typ
         if kind == "heroku:app/app:App":
             name = inputs["name"]
-            host = f"{name}-{secrets.token_hex(6)}.herokuapp.com"
-            app_id = str(uuid.uuid4())
+            host = f"{name}-{fake(kind, name)}.herokuapp.com"
+            app_id = fake_uuid(kind, name)
             return self.computed(app_id), {
                 **inputs,
                 "uuid": self.computed(app_id),
@@ -78,13 +87,13 @@ class HerokuAwsMocks(pulumi_mocks.Mocks):
                 "gitUrl": self.computed(f"https://git.heroku.com/{name}.git"),
             }
         if kind == "heroku:addon/addon:Addon":
-            return self.computed(str(uuid.uuid4())), {
+            return self.computed(fake_uuid(kind, args.name)), {
                 **inputs,
-                "name": self.computed(f"postgresql-shaped-{secrets.randbelow(99999)}"),
+                "name": self.computed(f"postgresql-shaped-{fake(kind, args.name, length=5)}"),
                 "configVars": self.computed(["DATABASE_URL"]),
             }
         if kind == "aws:s3/bucket:Bucket":
-            bucket = inputs.get("bucket") or f"{inputs['bucketPrefix']}{secrets.token_hex(4)}"
+            bucket = inputs.get("bucket") or f"{inputs['bucketPrefix']}{fake(kind, length=8)}"
             return self.computed(bucket), {
                 **inputs,
                 "bucket": self.computed(bucket),
@@ -96,15 +105,15 @@ class HerokuAwsMocks(pulumi_mocks.Mocks):
                 "arn": self.computed(f"arn:aws:iam::123456789012:user{inputs['path']}x"),
             }
         if kind == "aws:iam/accessKey:AccessKey":
-            key_id = "AKIA" + secrets.token_hex(8).upper()
+            key_id = "AKIA" + fake(kind, args.name, length=16).upper()
             return self.computed(key_id), {
                 **inputs,
-                "secret": self.computed(secret(secrets.token_urlsafe(30))),
+                "secret": self.computed(secret(fake("secret", args.name, length=40))),
             }
         if kind == "random:index/randomPassword:RandomPassword":
             return "none", {
                 **inputs,
-                "result": self.computed(secret(secrets.token_hex(16))),
+                "result": self.computed(secret(fake("password", args.name, length=32))),
             }
         if kind == "docker:index/image:Image":
             repository = str(inputs["imageName"]).rsplit(":", 1)[0]
@@ -118,7 +127,7 @@ class HerokuAwsMocks(pulumi_mocks.Mocks):
             return self.computed(f"{inputs['app_name']}/web"), {
                 **{key: value for key, value in inputs.items() if key != "api_key"},
                 "image_id": self.computed("sha256:" + "ab" * 32),
-                "release_id": self.computed(str(uuid.uuid4())),
+                "release_id": self.computed(fake_uuid(kind, args.name)),
                 "release_version": self.computed(7),
             }
         return self.computed(f"{args.name}-id"), inputs
@@ -140,6 +149,8 @@ class Registration:
     protect: bool
     retain_on_delete: bool
     additional_secret_outputs: list[str]
+    outputs: dict[str, Any]
+    id: str
 
 
 class RecordingMonitor(pulumi_mocks.MockMonitor):
@@ -161,6 +172,8 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                     protect=bool(request.protect),
                     retain_on_delete=bool(request.retainOnDelete),
                     additional_secret_outputs=list(request.additionalSecretOutputs),
+                    outputs=self.resources[response.urn].state,
+                    id=response.id,
                 )
             )
         return response
@@ -171,6 +184,7 @@ class ProgramRun:
     registrations: list[Registration]
     outputs: dict[str, Any]
     secret_outputs: set[str]
+    unknown_outputs: set[str] = field(default_factory=set)
     resolved: int = 0
     by_urn: dict[str, Registration] = field(default_factory=dict)
 
@@ -219,8 +233,11 @@ def run_program(
     preview: bool = False,
     secret_keys: tuple[str, ...] = SECRET_CONFIG_KEYS,
     program: Callable[[], dict[str, pulumi.Output[Any]]] | None = None,
+    monitor: RecordingMonitor | None = None,
 ) -> ProgramRun:
-    monitor = RecordingMonitor(HerokuAwsMocks(preview))
+    monitor = monitor or RecordingMonitor(HerokuAwsMocks(preview))
+    # A fresh root Stack resource, so this run's resources hang under this run's stack name.
+    pulumi.runtime.settings.ROOT.set(None)
     pulumi.runtime.set_mocks(
         monitor.mocks, project=PROJECT, stack=stack, preview=preview, monitor=monitor
     )
@@ -236,6 +253,8 @@ def run_program(
             run.outputs[name] = await output.future(with_unknowns=True)
             if await output.is_secret():
                 run.secret_outputs.add(name)
+            if not await output.is_known():
+                run.unknown_outputs.add(name)
             run.resolved += 1
 
         import asyncio
