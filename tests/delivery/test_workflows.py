@@ -387,3 +387,21 @@ def test_every_secret_and_variable_the_workflows_use_is_documented() -> None:
     operations = (REPO_ROOT / "docs" / "operations.md").read_text()
     missing = sorted(name for name in names if f"`{name}`" not in operations)
     assert missing == [], "document these in docs/operations.md"
+
+
+def test_config_keys_and_outputs_named_in_the_operations_guide_exist() -> None:
+    """The guide tells people to `pulumi config set` keys: each must be one the program reads."""
+    from infra.settings import DEFAULTS, OPTIONAL_KEYS, REQUIRED_KEYS
+
+    operations = (REPO_ROOT / "docs" / "operations.md").read_text()
+    program = (REPO_ROOT / "__main__.py").read_text()
+    config_keys = {*DEFAULTS, *OPTIONAL_KEYS, *REQUIRED_KEYS}
+    set_keys = re.findall(r"pulumi config set (?:--secret |--path )*'?([A-Za-z]+)", operations)
+    assert set_keys, "no `pulumi config set` found: the pattern is wrong"
+    assert sorted(set(set_keys) - config_keys) == []
+    # Every camelCase name in backticks is a config key or a stack output of __main__.py.
+    named = set(re.findall(r"`([a-z]+[A-Z][A-Za-z]*)`", operations))
+    unknown = sorted(
+        name for name in named if name not in config_keys and f'"{name}"' not in program
+    )
+    assert unknown == []
