@@ -405,3 +405,24 @@ def test_config_keys_and_outputs_named_in_the_operations_guide_exist() -> None:
         name for name in named if name not in config_keys and f'"{name}"' not in program
     )
     assert unknown == []
+
+
+def test_the_image_job_gives_the_container_an_environment_the_image_accepts() -> None:
+    """The `docker run --env` flags in image.yml, checked by the image's own settings loader."""
+    from mlflow_heroku_runtime.settings import load_settings
+
+    job = workflow("image.yml")["jobs"]["build-run-scan"]
+    script = step_named(job, "Start the container")["run"]
+    values = {**job["env"], "password": "a-generated-password-of-48-hex-characters"}
+    env = {
+        name: re.sub(r"\$\{(\w+)\}", lambda match: str(values[match.group(1)]), value)
+        for name, value in re.findall(r'--env ([A-Z0-9_]+)="?([^"\s\\]*)"?', script)
+    }
+    assert {"PORT", "DATABASE_URL", "S3_URI", "MLFLOW_TRACKING_PASSWORD"} <= set(env)
+    settings = load_settings(env)
+    assert settings.port == int(job["env"]["APP_PORT"])
+    assert settings.artifacts_destination == f"s3://{job['env']['BUCKET']}/artifacts"
+    assert settings.password == values["password"]
+    # The service's port mapping is where the URL points.
+    postgres_port = job["services"]["postgres"]["ports"][0].rsplit(":", 1)[1]
+    assert f"@127.0.0.1:{postgres_port}/" in env["DATABASE_URL"]
