@@ -1,0 +1,160 @@
+"""Process faults: MLflow killed (the dyno must stop so Heroku restarts it), and SIGTERM in the
+middle of a 100 MB upload and a burst of metric writes, sent to the first process only or to
+every process of the dyno (what Heroku does)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from tests.resilience.helpers import (
+    API,
+    MetricWriters,
+    children_of,
+    command_line,
+    create_experiment,
+    live_pids,
+    process_group_alive,
+    signal_all,
+    stored_metric_steps,
+    tree_of,
+    wait_until,
+)
+from tests.support.services import (
+    PostgresCluster,
+    S3Server,
+    free_port,
+    heroku_env,
+    running_stack,
+)
+
+pytestmark = pytest.mark.integration
+
+STOP_LIMIT_SECONDS = 10  # the brief: everything stopped within 10 s of SIGTERM
+UPLOAD_BYTES = 100 * 1024 * 1024
+CHUNK = 1024 * 1024
+# Paces the upload to ~3 s, so the signal surely lands while the body is still streaming.
+SECONDS_PER_CHUNK = 0.03
+
+
+def test_killed_mlflow_stops_the_dyno(postgres: PostgresCluster, s3: S3Server) -> None:
+    env = heroku_env(port=free_port(), database_url=postgres.url, s3=s3)
+    with running_stack(env, ready_timeout=90) as stack:
+        tree = tree_of(stack)
+        mlflow = [pid for pid in children_of(stack.process.pid) if "uvicorn" in command_line(pid)]
+        assert len(mlflow) == 1, [command_line(pid) for pid in children_of(stack.process.pid)]
+        killed = time.monotonic()
+        os.kill(mlflow[0], signal.SIGKILL)
+        code = stack.process.wait(STOP_LIMIT_SECONDS + 5)
+        took = time.monotonic() - killed
+        output = stack.output()
+    print(f"\nMLflow killed: entrypoint exit {code} after {took:.1f} s")
+    assert code != 0, "Heroku restarts a dyno only when its process exits non-zero"
+    assert took <= STOP_LIMIT_SECONDS
+    assert "exited unexpectedly" in output, output[-2000:]
+    assert wait_until(lambda: not live_pids(tree), 5), [command_line(p) for p in live_pids(tree)]
+    assert not process_group_alive(stack.process.pid), "processes left behind"
+
+
+def paced_payload(sent: list[int], digest: hashlib._Hash) -> Iterator[bytes]:
+    generator = random.Random(20261126)  # noqa: S311 (test data, not security)
+    for _ in range(UPLOAD_BYTES // CHUNK):
+        chunk = generator.randbytes(CHUNK)
+        digest.update(chunk)
+        sent[0] += len(chunk)
+        yield chunk
+        time.sleep(SECONDS_PER_CHUNK)
+
+
+@pytest.mark.parametrize("target", ["first process", "every process"])
+def test_sigterm_during_upload_and_metric_burst(
+    postgres: PostgresCluster, s3: S3Server, target: str
+) -> None:
+    prefix = f"sigterm-{time.time_ns()}"
+    env = heroku_env(port=free_port(), database_url=postgres.url, s3=s3, s3_prefix=prefix)
+    with running_stack(env, ready_timeout=90) as stack:
+        experiment_id = create_experiment(stack, prefix)
+        runs = []
+        for _ in range(5):
+            reply = requests.post(
+                f"{stack.url}{API}/runs/create",
+                json={"experiment_id": experiment_id},
+                auth=stack.auth,
+                timeout=30,
+            )
+            reply.raise_for_status()
+            runs.append(reply.json()["run"]["info"])
+        upload_run, burst_runs = runs[0], [info["run_id"] for info in runs[1:]]
+        upload_path = upload_run["artifact_uri"].removeprefix("mlflow-artifacts:/")
+
+        sent = [0]
+        digest = hashlib.sha256()
+        upload_result: list[object] = []
+
+        def upload() -> None:
+            try:
+                reply = requests.put(
+                    f"{stack.url}/api/2.0/mlflow-artifacts/artifacts/{upload_path}/big.bin",
+                    data=paced_payload(sent, digest),
+                    auth=stack.auth,
+                    timeout=60,
+                )
+                upload_result.append(reply.status_code)
+            except requests.RequestException as error:
+                upload_result.append(type(error).__name__)
+
+        uploader = threading.Thread(target=upload, daemon=True)
+        writers = MetricWriters(stack, burst_runs).start()
+        try:
+            uploader.start()
+            assert wait_until(lambda: sent[0] >= 20 * CHUNK and writers.acknowledged >= 20, 30)
+            tree = tree_of(stack)
+            signalled = time.monotonic()
+            signal_all([stack.process.pid] if target == "first process" else tree, signal.SIGTERM)
+            code = stack.process.wait(STOP_LIMIT_SECONDS + 5)
+            took = time.monotonic() - signalled
+        finally:
+            writers.stop()
+            uploader.join(90)
+        sent_at_signal = sent[0]
+
+    outcome = upload_result[0] if upload_result else "no answer"
+    print(
+        f"\nSIGTERM to {target}: exit {code} after {took:.1f} s; upload -> {outcome} "
+        f"({sent_at_signal // CHUNK} MB sent); {writers.acknowledged} metric writes "
+        f"acknowledged, {len(writers.failures)} failed"
+    )
+    assert code == 0, "a requested stop is a clean exit"
+    assert took <= STOP_LIMIT_SECONDS
+    assert wait_until(lambda: not live_pids(tree), 5), [command_line(p) for p in live_pids(tree)]
+    assert not uploader.is_alive(), "the upload neither finished nor failed"
+
+    # The upload either succeeded and the whole file is in S3, or it failed and nothing
+    # truncated sits at its key: a half-written artifact must never be visible.
+    objects = s3.keys(prefix)
+    stored = [key for key in objects if key.endswith(f"{upload_run['run_id']}/artifacts/big.bin")]
+    if outcome == 200:
+        assert len(stored) == 1, objects
+        body = s3.read(stored[0])
+        assert len(body) == UPLOAD_BYTES
+        assert hashlib.sha256(body).hexdigest() == digest.hexdigest()
+    else:
+        sizes = [objects[key] for key in stored]
+        assert all(size == UPLOAD_BYTES for size in sizes), (
+            f"upload answered {outcome} but a {sizes} byte object was stored (of {UPLOAD_BYTES})"
+        )
+
+    # Every acknowledged metric write is stored, exactly once.
+    for run_id, log in zip(burst_runs, writers.logs, strict=True):
+        stored_steps = stored_metric_steps(postgres, run_id, "loss")
+        lost = [step for step in log.acknowledged if stored_steps[step] == 0]
+        assert lost == [], f"acknowledged before SIGTERM but not stored: {lost[:10]}"
+        assert not stored_steps or max(stored_steps.values()) == 1
