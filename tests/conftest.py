@@ -6,11 +6,13 @@ tests that stop, break or reconfigure a stack start their own with ``start_stack
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 
 import pytest
 
 from tests.support.services import (
+    ENTRYPOINT,
     PostgresCluster,
     S3Server,
     Stack,
@@ -20,6 +22,9 @@ from tests.support.services import (
     running_stack,
     s3_server,
 )
+
+# Unit tests import the image's runtime package the way image/entrypoint.py does.
+sys.path.insert(0, str(ENTRYPOINT.parent))
 
 
 @pytest.fixture(scope="session")

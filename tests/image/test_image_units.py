@@ -1,0 +1,403 @@
+"""Unit tests of the runtime: DATABASE_URL, env validation, htpasswd, nginx template."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import bcrypt
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from mlflow_heroku_runtime import database_url, htpasswd, nginx_config
+from mlflow_heroku_runtime.errors import ConfigError
+from mlflow_heroku_runtime.settings import load_settings
+
+GOOD_ENV = {
+    "DYNO": "web.1",
+    "PORT": "5000",
+    "DATABASE_URL": "postgres://u:p%40ss@ec2-1-2-3-4.compute-1.amazonaws.com:5432/d1",
+    "S3_URI": "s3://team-mlflow/artifacts",
+    "MLFLOW_TRACKING_USERNAME": "alice",
+    "MLFLOW_TRACKING_PASSWORD": "correct horse battery",
+    "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
+    "AWS_SECRET_ACCESS_KEY": "aws-secret-value-123",
+    "AWS_DEFAULT_REGION": "eu-west-1",
+}
+SECRETS = ("p@ss", "p%40ss", "correct horse battery", "aws-secret-value-123")
+
+
+# ----------------------------------------------------------------------------- DATABASE_URL
+
+URL_TABLE = [
+    # (DATABASE_URL, expected SQLAlchemy URL)
+    (
+        "postgres://u:pw@db.example.com:5432/d",
+        "postgresql+psycopg://u:pw@db.example.com:5432/d?sslmode=require",
+    ),
+    (
+        "postgresql://u:pw@db.example.com/d",
+        "postgresql+psycopg://u:pw@db.example.com/d?sslmode=require",
+    ),
+    (  # "postgres" inside user, host and database name survives (the 2021 sed broke these)
+        "postgres://postgres:pw@postgres.internal:5432/postgres_db",
+        "postgresql+psycopg://postgres:pw@postgres.internal:5432/postgres_db?sslmode=require",
+    ),
+    (  # URL-encoded password characters stay encoded exactly once
+        "postgres://u:p%40ss%3Aw%2Frd%25@h.example:5432/d",
+        "postgresql+psycopg://u:p%40ss%3Aw%2Frd%25@h.example:5432/d?sslmode=require",
+    ),
+    (  # an explicit sslmode wins
+        "postgres://u:pw@h.example:5432/d?sslmode=verify-full",
+        "postgresql+psycopg://u:pw@h.example:5432/d?sslmode=verify-full",
+    ),
+    (  # loopback needs no TLS
+        "postgres://u:pw@127.0.0.1:5432/d",
+        "postgresql+psycopg://u:pw@127.0.0.1:5432/d",
+    ),
+    ("postgres://u:pw@localhost/d", "postgresql+psycopg://u:pw@localhost/d"),
+    ("postgres://u:pw@[::1]:5432/d", "postgresql+psycopg://u:pw@[::1]:5432/d"),
+    (  # other query options are kept
+        "postgres://u:pw@h.example/d?application_name=mlflow",
+        "postgresql+psycopg://u:pw@h.example/d?application_name=mlflow&sslmode=require",
+    ),
+    (
+        "postgresql+psycopg://u:pw@h.example/d",
+        "postgresql+psycopg://u:pw@h.example/d?sslmode=require",
+    ),
+    ("  postgres://u:pw@h.example/d \n", "postgresql+psycopg://u:pw@h.example/d?sslmode=require"),
+]
+
+
+@pytest.mark.parametrize(("raw", "expected"), URL_TABLE)
+def test_database_url_rewrites_only_the_scheme(raw: str, expected: str) -> None:
+    url = database_url.to_sqlalchemy_url(raw)
+    assert url.render_as_string(hide_password=False) == expected
+
+
+def test_database_url_keeps_the_decoded_password() -> None:
+    url = database_url.to_sqlalchemy_url("postgres://u:p%40ss%3Aw%2Frd%25@h.example/d")
+    assert url.password == "p@ss:w/rd%"
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        ("", "DATABASE_URL is empty"),
+        ("not a url", "DATABASE_URL is not a database URL"),
+        ("mysql://u:pw@h/d", "scheme 'mysql'"),
+        ("sqlite:///tmp/x.db", "scheme 'sqlite'"),
+        ("postgresql+psycopg2://u:pw@h/d", "scheme 'postgresql+psycopg2'"),
+        ("postgres://u:pw@/d", "has no host"),
+        ("postgres://u:pw@h.example:5432", "has no database name"),
+        ("postgres://u:secretpw@h.example:99999/d", "invalid port"),
+    ],
+)
+def test_bad_database_urls_are_named_without_the_secret(raw: str, problem: str) -> None:
+    with pytest.raises(ValueError, match="DATABASE_URL") as raised:
+        database_url.to_sqlalchemy_url(raw)
+    assert problem in str(raised.value)
+    assert "secretpw" not in str(raised.value)
+    assert "pw@" not in str(raised.value)
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def test_good_environment_loads() -> None:
+    loaded = load_settings(GOOD_ENV)
+    assert loaded.port == 5000
+    assert loaded.backend_store_uri.startswith("postgresql+psycopg://u:p%40ss@")
+    assert loaded.backend_store_uri.endswith("sslmode=require")
+    assert loaded.database_description == "ec2-1-2-3-4.compute-1.amazonaws.com:5432/d1"
+    assert loaded.artifacts_destination == "s3://team-mlflow/artifacts"
+    assert (loaded.workers, loaded.pool_size, loaded.max_overflow) == (1, 2, 2)
+    assert loaded.mlflow_env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    assert loaded.mlflow_env["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    assert loaded.mlflow_env["MLFLOW_SERVER_ALLOWED_HOSTS"] == "*"
+    assert set(SECRETS) <= set(loaded.secrets)
+
+
+def test_user_choices_for_mlflow_variables_are_kept() -> None:
+    loaded = load_settings(
+        {
+            **GOOD_ENV,
+            "MLFLOW_SERVER_ALLOWED_HOSTS": "mlflow.example.com",
+            "MLFLOW_DISABLE_TELEMETRY": "false",
+            "WEB_CONCURRENCY": "3",
+            "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "4",
+        }
+    )
+    assert loaded.mlflow_env["MLFLOW_SERVER_ALLOWED_HOSTS"] == "mlflow.example.com"
+    assert loaded.mlflow_env["MLFLOW_DISABLE_TELEMETRY"] == "false"
+    assert loaded.workers == 3
+    assert loaded.mlflow_env["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"] == "4"
+
+
+REMOVED_OR_BAD = [
+    # (variable, value or None to remove it, expected words in the one problem)
+    ("PORT", None, "PORT is not set"),
+    ("PORT", "http", "PORT must be a whole number"),
+    ("PORT", "70000", "PORT must be from 1 to 65535"),
+    ("DATABASE_URL", None, "DATABASE_URL is not set"),
+    ("DATABASE_URL", "", "DATABASE_URL is empty"),
+    ("DATABASE_URL", "mysql://u:p@h/d", "DATABASE_URL has scheme 'mysql'"),
+    ("S3_URI", None, "S3_URI is not set"),
+    ("S3_URI", "", "S3_URI is empty"),
+    ("S3_URI", "https://bucket/x", "S3_URI must start with s3://"),
+    ("S3_URI", "s3://Bad_Bucket/x", "S3_URI has an invalid bucket name"),
+    ("S3_URI", "s3://bucket/x?y=1", "S3_URI must not have a query"),
+    ("MLFLOW_TRACKING_USERNAME", None, "MLFLOW_TRACKING_USERNAME is not set"),
+    ("MLFLOW_TRACKING_USERNAME", "a:b", "MLFLOW_TRACKING_USERNAME must not contain ':'"),
+    ("MLFLOW_TRACKING_USERNAME", "a\nb", "MLFLOW_TRACKING_USERNAME contains a control character"),
+    ("MLFLOW_TRACKING_PASSWORD", None, "MLFLOW_TRACKING_PASSWORD is not set"),
+    ("MLFLOW_TRACKING_PASSWORD", "short", "MLFLOW_TRACKING_PASSWORD is too short"),
+    ("MLFLOW_TRACKING_PASSWORD", "é" * 40, "MLFLOW_TRACKING_PASSWORD is longer than 72 bytes"),
+    ("MLFLOW_TRACKING_PASSWORD", "long enough\npw", "MLFLOW_TRACKING_PASSWORD contains a control"),
+    ("AWS_ACCESS_KEY_ID", None, "AWS_ACCESS_KEY_ID is not set"),
+    ("AWS_SECRET_ACCESS_KEY", None, "AWS_SECRET_ACCESS_KEY is not set"),
+    ("AWS_DEFAULT_REGION", "Europe", "AWS_DEFAULT_REGION must look like eu-west-1"),
+    ("AWS_REGION", "eu_west_1", "AWS_REGION must look like eu-west-1"),
+    ("MLFLOW_S3_ENDPOINT_URL", "localhost:9000", "MLFLOW_S3_ENDPOINT_URL must be an http(s)"),
+    ("WEB_CONCURRENCY", "0", "WEB_CONCURRENCY must be from 1 to 16"),
+    ("WEB_CONCURRENCY", "two", "WEB_CONCURRENCY must be a whole number"),
+    ("MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", "0", "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE must be from 1"),
+    ("MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW", "0", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW must be"),
+    ("MLFLOW_HEROKU_DB_WAIT_SECONDS", "90", "MLFLOW_HEROKU_DB_WAIT_SECONDS must be from 0 to 50"),
+    ("MLFLOW_HEROKU_MAX_BODY_SIZE", "lots", "MLFLOW_HEROKU_MAX_BODY_SIZE must be a size"),
+    ("MLFLOW_HEROKU_MAX_BODY_SIZE", "100m", "MLFLOW_HEROKU_MAX_BODY_SIZE must be at least 1g"),
+    ("MLFLOW_HEROKU_PROXY_READ_TIMEOUT", "1", "MLFLOW_HEROKU_PROXY_READ_TIMEOUT must be from 5"),
+    ("MLFLOW_HEROKU_AUTH_FAILURES_PER_MINUTE", "0", "MLFLOW_HEROKU_AUTH_FAILURES_PER_MINUTE"),
+    ("MLFLOW_SERVER_ALLOWED_HOSTS", "a.example,,b", "MLFLOW_SERVER_ALLOWED_HOSTS must be a comma"),
+    ("MLFLOW_SERVER_CORS_ALLOWED_ORIGINS", " ", "MLFLOW_SERVER_CORS_ALLOWED_ORIGINS must be"),
+    ("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "maybe", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION must be"),
+    ("MLFLOW_DISABLE_TELEMETRY", "yes please", "MLFLOW_DISABLE_TELEMETRY must be true or false"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "message"), REMOVED_OR_BAD)
+def test_each_bad_variable_has_its_own_message(name: str, value: str | None, message: str) -> None:
+    env = dict(GOOD_ENV)
+    if value is None:
+        env.pop(name, None)
+    else:
+        env[name] = value
+    with pytest.raises(ConfigError) as raised:
+        load_settings(env)
+    assert len(raised.value.problems) == 1, raised.value.problems
+    assert message in raised.value.problems[0]
+    for secret in SECRETS:
+        assert secret not in str(raised.value)
+
+
+def test_all_problems_are_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings({"DYNO": "web.1"})
+    text = str(raised.value)
+    for name in (
+        "PORT",
+        "DATABASE_URL",
+        "S3_URI",
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
+    ):
+        assert name in text
+
+
+def test_local_mode_is_refused_on_a_dyno(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--local is refused on a Heroku dyno"):
+        load_settings(GOOD_ENV, local=True, data_dir=tmp_path)
+
+
+def test_local_mode_uses_embedded_defaults(tmp_path: Path) -> None:
+    loaded = load_settings(
+        {}, local=True, data_dir=tmp_path, generate_password=lambda: "generated-pw-123"
+    )
+    assert loaded.port == 8080
+    assert loaded.backend_store_uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert loaded.artifacts_destination == str((tmp_path / "artifacts").resolve())
+    assert (loaded.username, loaded.password) == ("mlflow", "generated-pw-123")
+    assert "MLFLOW_SERVER_ALLOWED_HOSTS" not in loaded.mlflow_env  # MLflow's localhost default
+
+
+KNOWN_VARIABLES = sorted({name for name, _value, _message in REMOVED_OR_BAD})
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    changes=st.dictionaries(
+        st.sampled_from(KNOWN_VARIABLES),
+        st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=40),
+        max_size=4,
+    )
+)
+def test_fuzzed_environment_gives_named_errors_only(changes: dict[str, str]) -> None:
+    """Any values: either valid settings or ConfigError lines that each name a variable."""
+    env = {**GOOD_ENV, **changes}
+    problems: list[str] = []
+    try:
+        load_settings(env)
+    except ConfigError as error:
+        problems = error.problems
+        assert problems
+    for problem in problems:
+        assert any(name in problem for name in KNOWN_VARIABLES), problem
+        for secret in SECRETS:
+            assert secret not in problem
+
+
+# ----------------------------------------------------------------------------- htpasswd
+
+TRICKY_PASSWORDS = [
+    "plain-password",
+    "per%cent,comma:colon",
+    "quotes ' and \" and `back`",
+    "$dollar$ !bang! \\backslash",
+    "spaces  inside  ",
+    "ünïcödé ✓ 密码",
+    "#hash {brace} [x] ;semi",
+    "x" * 72,
+]
+
+
+@pytest.mark.parametrize("password", TRICKY_PASSWORDS)
+def test_htpasswd_line_verifies_with_bcrypt(password: str) -> None:
+    line = htpasswd.htpasswd_line("alice", password)
+    user, hashed = line.rstrip("\n").split(":", 1)
+    assert user == "alice"
+    assert hashed.startswith(f"$2b$0{htpasswd.BCRYPT_COST}$")
+    assert bcrypt.checkpw(password.encode(), hashed.encode())
+    assert not bcrypt.checkpw(b"wrong", hashed.encode())
+    assert password not in line
+
+
+def test_htpasswd_file_is_private(tmp_path: Path) -> None:
+    path = tmp_path / "htpasswd"
+    htpasswd.write_htpasswd(path, "alice", "some password")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize(
+    ("user", "password"), [("a:b", "password"), ("", "password"), ("a", ""), ("a", "x" * 73)]
+)
+def test_htpasswd_refuses_what_basic_auth_cannot_carry(user: str, password: str) -> None:
+    with pytest.raises(ValueError, match=r"user name|password"):
+        htpasswd.htpasswd_line(user, password)
+
+
+# ----------------------------------------------------------------------------- nginx config
+
+
+def _params(
+    tmp_path: Path,
+    port: int = 5000,
+    password: str = "s3cret-pw",  # noqa: S107 (test login)
+) -> nginx_config.NginxParams:
+    return nginx_config.NginxParams(
+        runtime_dir=tmp_path,
+        htpasswd_path=tmp_path / "htpasswd",
+        port=port,
+        mlflow_port=port + 1,
+        username="alice",
+        password=password,
+        max_body_size="5g",
+        proxy_read_timeout=30,
+        auth_failures_per_minute=10,
+        listen_address="127.0.0.1",
+    )
+
+
+def test_rendered_config_has_what_heroku_needs(tmp_path: Path) -> None:
+    text = nginx_config.render(_params(tmp_path))
+    assert "listen 127.0.0.1:5000 default_server;" in text
+    assert "server 127.0.0.1:5001;" in text
+    assert "daemon off;" in text
+    assert "error_log stderr" in text
+    assert "access_log /dev/stdout" in text
+    assert "client_max_body_size 5g;" in text
+    assert "proxy_request_buffering off;" in text
+    assert "s3cret-pw" not in text  # only the base64 Authorization value, for the rate limit
+    for directive in (
+        "client_body_temp_path",
+        "proxy_temp_path",
+        "fastcgi_temp_path",
+        "uwsgi_temp_path",
+        "scgi_temp_path",
+        "pid",
+    ):
+        line = next(line for line in text.splitlines() if line.strip().startswith(directive + " "))
+        assert str(tmp_path) in line, line
+    assert "keepalive 1" not in text  # no upstream keep-alive (facts.md: +40 ms delayed ACK)
+
+
+def test_rendered_config_passes_nginx_t(tmp_path: Path) -> None:
+    htpasswd.write_htpasswd(tmp_path / "htpasswd", "alice", "s3cret-pw")
+    config = tmp_path / "nginx.conf"
+    config.write_text(nginx_config.render(_params(tmp_path)))
+    result = subprocess.run(
+        ["nginx", "-t", "-e", "stderr", "-p", str(tmp_path), "-c", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PATH": os.environ["PATH"] + ":/usr/sbin"},
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_real_nginx_accepts_the_htpasswd_hashes() -> None:
+    """nginx itself (crypt() of the system) verifies what Python wrote, for each password."""
+    import base64
+    import pwd
+    import shutil
+    import tempfile
+
+    import requests
+
+    from tests.support.services import free_port, wait_for_port
+
+    for password in TRICKY_PASSWORDS:
+        # Under /tmp, not pytest's private tmp_path: nginx's workers (nobody, as root) must
+        # be able to reach the htpasswd file, as in the entrypoint's own runtime dir.
+        runtime = Path(tempfile.mkdtemp(prefix="htpasswd-nginx-"))
+        port = free_port()
+        params = _params(runtime, port=port, password=password)
+        htpasswd.write_htpasswd(params.htpasswd_path, "alice", password)
+        if os.geteuid() == 0:  # as root, nginx workers run as nobody and must read the file
+            nobody = pwd.getpwnam("nobody")
+            os.chown(params.htpasswd_path, nobody.pw_uid, nobody.pw_gid)
+            runtime.chmod(0o711)
+            params = nginx_config.NginxParams(
+                **{**params.__dict__, "worker_user": "nobody nogroup"}
+            )
+        config = runtime / "nginx.conf"
+        config.write_text(nginx_config.render(params))
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        process = subprocess.Popen(
+            [nginx, "-e", "stderr", "-p", str(runtime), "-c", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            assert wait_for_port(port, 5)
+            token = base64.b64encode(f"alice:{password}".encode()).decode()
+            right = requests.get(
+                f"http://127.0.0.1:{port}/", headers={"Authorization": f"Basic {token}"}, timeout=5
+            )
+            # Past the login, MLflow is absent here: 503 is what a logged-in client sees.
+            assert right.status_code == 503, password
+            assert right.headers["Retry-After"] == "5"
+            wrong_token = base64.b64encode(
+                f"alice:{password[:-1]}{'y' if password[-1] != 'y' else 'z'}".encode()
+            ).decode()
+            wrong = requests.get(
+                f"http://127.0.0.1:{port}/",
+                headers={"Authorization": f"Basic {wrong_token}"},
+                timeout=5,
+            )
+            assert wrong.status_code == 401, password
+        finally:
+            process.terminate()
+            process.wait(10)
+            shutil.rmtree(runtime, ignore_errors=True)
