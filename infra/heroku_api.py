@@ -82,6 +82,7 @@ class HerokuClient:
         registry_base_url: str = REGISTRY_BASE_URL,
         *,
         max_attempts: int = 5,
+        retry_delay: float = 1.0,
         max_retry_wait: float = 60.0,
         request_timeout: float = 30.0,
         sleep: Callable[[float], None] = time.sleep,
@@ -95,6 +96,7 @@ class HerokuClient:
         self._api = api_base_url.rstrip("/")
         self._registry = registry_base_url.rstrip("/")
         self._max_attempts = max_attempts
+        self._retry_delay = retry_delay
         self._max_retry_wait = max_retry_wait
         self._timeout = request_timeout
         self._sleep = sleep
@@ -113,7 +115,7 @@ class HerokuClient:
         headers: dict[str, str],
         body: Any = None,
     ) -> requests.Response:
-        delay = 1.0
+        delay = self._retry_delay
         for attempt in range(1, self._max_attempts + 1):
             last = attempt == self._max_attempts
             try:

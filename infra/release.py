@@ -36,20 +36,24 @@ class ContainerReleaseProvider(pulumi.dynamic.ResourceProvider):
         api_base_url: str = API_BASE_URL,
         registry_base_url: str = REGISTRY_BASE_URL,
         poll_interval: float = 3.0,
+        retry_delay: float = 1.0,
         max_retry_wait: float = 60.0,
     ) -> None:
         super().__init__()
         self.api_base_url = api_base_url
         self.registry_base_url = registry_base_url
         self.poll_interval = poll_interval
+        self.retry_delay = retry_delay
         self.max_retry_wait = max_retry_wait
 
     def _client(self, props: dict[str, Any]) -> HerokuClient:
+        # getattr: a provider serialized into an older stack's state may lack newer attributes.
         return HerokuClient(
             str(props.get("api_key") or ""),
-            self.api_base_url,
-            self.registry_base_url,
-            max_retry_wait=self.max_retry_wait,
+            getattr(self, "api_base_url", API_BASE_URL),
+            getattr(self, "registry_base_url", REGISTRY_BASE_URL),
+            retry_delay=getattr(self, "retry_delay", 1.0),
+            max_retry_wait=getattr(self, "max_retry_wait", 60.0),
         )
 
     def _image_id(self, props: dict[str, Any]) -> str:
@@ -68,7 +72,7 @@ class ContainerReleaseProvider(pulumi.dynamic.ResourceProvider):
             str(props["process_type"]),
             image_id,
             timeout=float(props["timeout_seconds"]),
-            poll_interval=self.poll_interval,
+            poll_interval=getattr(self, "poll_interval", 3.0),
         )
         # Outputs: everything but the API key, which stays an (encrypted) input only.
         return {
