@@ -1,0 +1,75 @@
+"""The Dockerfile is hadolint-clean and uses nothing Heroku's container runtime rejects."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+IMAGE_DIR = Path(__file__).resolve().parents[2] / "image"
+DOCKERFILE = IMAGE_DIR / "Dockerfile"
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) per logical line, continuation lines joined."""
+    logical: list[str] = []
+    current = ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        line = raw.strip()
+        if not current and (not line or line.startswith("#")):
+            continue
+        current += " " + line.rstrip("\\").strip()
+        if not line.endswith("\\"):
+            logical.append(current.strip())
+            current = ""
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in logical]
+
+
+def test_hadolint_is_clean() -> None:
+    hadolint = Path(sys.executable).parent / "hadolint"
+    result = subprocess.run(
+        [str(hadolint), "--failure-threshold", "info", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("forbidden", ["VOLUME", "EXPOSE", "HEALTHCHECK", "STOPSIGNAL", "SHELL"])
+def test_no_instruction_heroku_rejects(forbidden: str) -> None:
+    assert forbidden not in {name for name, _args in instructions()}
+
+
+def test_image_shape() -> None:
+    found = instructions()
+    names = [name for name, _args in found]
+    assert found[0] == ("FROM", "python:3.12-slim-bookworm")
+    assert names.count("FROM") == 1
+    runs = " ".join(args for name, args in found if name == "RUN")
+    assert re.search(r"apt-get install .*\bnginx=1\.22\.", runs)
+    assert "pip install --require-hashes" in runs
+    for tool in ("gcc", "g++", "make", "build-essential", "postgresql"):
+        assert not re.search(rf"(^|\s){re.escape(tool)}(=|\s|$)", runs), tool
+    user = [args for name, args in found if name == "USER"]
+    assert user
+    assert user[-1] not in ("root", "0")
+    assert names.index("USER") > max(index for index, name in enumerate(names) if name == "RUN")
+    assert found[-1] == ("CMD", '["python", "/app/entrypoint.py"]')
+
+
+def test_dockerignore_sends_only_what_the_image_needs() -> None:
+    lines = [
+        line
+        for line in (IMAGE_DIR / ".dockerignore").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert lines[0] == "*"
+    assert {"!Dockerfile", "!requirements.txt", "!entrypoint.py", "!mlflow_heroku_runtime/"} <= set(
+        lines
+    )
+    copied = [args.split()[0] for name, args in instructions() if name == "COPY"]
+    assert set(copied) == {"requirements.txt", "entrypoint.py", "mlflow_heroku_runtime/"}
