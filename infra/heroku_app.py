@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 import pulumi
 import pulumi_random as random
@@ -20,6 +21,15 @@ def allowed_hosts(heroku_hostname: str, custom_domains: Sequence[str]) -> str:
 def cors_origins(heroku_hostname: str, custom_domains: Sequence[str]) -> str:
     """MLFLOW_SERVER_CORS_ALLOWED_ORIGINS: the UI's origins (TLS ends at Heroku's router)."""
     return ",".join(f"https://{host}" for host in [heroku_hostname, *custom_domains])
+
+
+def host_of(web_url: str) -> str:
+    """The app's real host name. Heroku gives new apps `<name>-<random>.herokuapp.com`; the
+    provider's `heroku_hostname` output is only `<name>.herokuapp.com`, guessed, so it is unused."""
+    host = urlsplit(web_url).hostname
+    if not host:
+        raise ValueError(f"Heroku returned a web URL without a host name: {web_url!r}")
+    return host
 
 
 def tracking_uri(web_url: str) -> str:
@@ -87,7 +97,7 @@ class HerokuApp(pulumi.ComponentResource):
             self.password = pulumi.Output.secret(generated.result)
 
         domains = settings.custom_domains
-        hostname = self.app.heroku_hostname
+        hostname = self.app.web_url.apply(host_of)
         self.config_vars = heroku_app.ConfigAssociation(
             "config-vars",
             app_id=app_id,

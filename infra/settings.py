@@ -435,6 +435,15 @@ def load(
     elif not api_key.isprintable() or any(c.isspace() for c in api_key):
         reader.fail("heroku:apiKey", "(value not shown) contains spaces or control characters")
 
+    if kms_key_arn and aws_region and _KMS_KEY.fullmatch(kms_key_arn):
+        key_region = kms_key_arn.split(":")[3]
+        if key_region != aws_region:
+            reader.fail(
+                "kmsKeyArn",
+                f"{kms_key_arn!r} is a key in {key_region}, but the bucket is in {aws_region} "
+                "(aws:region); S3 encrypts only with a KMS key of the bucket's own region",
+            )
+
     if postgres_plan in POSTGRES_CONNECTION_LIMITS:
         limit = POSTGRES_CONNECTION_LIMITS[postgres_plan]
         needed = dyno_count * workers * (pool_size + max_overflow) + DB_CONNECTION_MARGIN

@@ -82,7 +82,8 @@ class HerokuAwsMocks(pulumi_mocks.Mocks):
             return self.computed(app_id), {
                 **inputs,
                 "uuid": self.computed(app_id),
-                "herokuHostname": self.computed(host),
+                # What the provider really returns: a name guessed without Heroku's suffix.
+                "herokuHostname": self.computed(f"{name}.herokuapp.com"),
                 "webUrl": self.computed(f"https://{host}/"),
                 "gitUrl": self.computed(f"https://git.heroku.com/{name}.git"),
             }

@@ -155,8 +155,10 @@ def test_dev_heroku_app_and_database(dev: ProgramRun) -> None:
 
 def test_config_vars_come_from_the_real_host_name_and_the_other_resources(dev: ProgramRun) -> None:
     config_vars = dev.one(CONFIG_VARS)
-    host = dev.one(APP).outputs["herokuHostname"]
-    assert host.startswith("mlflow-heroku-dev-")  # Heroku's random suffix, never guessed
+    # The host of the real web URL, with Heroku's random suffix; never the provider's guess.
+    host = dev.one(APP).outputs["webUrl"].removeprefix("https://").rstrip("/")
+    assert host.startswith("mlflow-heroku-dev-")
+    assert host != dev.one(APP).outputs["herokuHostname"]
     bucket = dev.one(BUCKET).outputs["bucket"]
     assert config_vars.inputs["vars"] == {
         "S3_URI": f"s3://{bucket}/artifacts",
@@ -356,7 +358,7 @@ def test_prod_keeps_its_data_and_is_larger(prod: ProgramRun, dev: ProgramRun) ->
     assert prod.one(FORMATION).inputs["size"] == "standard-2x"
     assert prod.one(CONFIG_VARS).inputs["vars"]["WEB_CONCURRENCY"] == "2"
     assert prod.one(APP).inputs["name"] == "mlflow-heroku-prod"
-    assert dev.one(APP).outputs["herokuHostname"] != prod.one(APP).outputs["herokuHostname"]
+    assert dev.one(APP).outputs["webUrl"] != prod.one(APP).outputs["webUrl"]
 
 
 def test_configured_password_custom_domain_and_kms_key(program_module: ModuleType) -> None:
@@ -378,7 +380,7 @@ def test_configured_password_custom_domain_and_kms_key(program_module: ModuleTyp
     domain = program.one(DOMAIN)
     assert domain.inputs["hostname"] == "mlflow.example.com"
     assert program.one(APP).inputs["acm"] is True
-    host = program.one(APP).outputs["herokuHostname"]
+    host = program.one(APP).outputs["webUrl"].removeprefix("https://").rstrip("/")
     config_vars = program.one(CONFIG_VARS).inputs["vars"]
     assert config_vars["MLFLOW_SERVER_ALLOWED_HOSTS"] == f"{host},mlflow.example.com"
     assert config_vars["MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"] == (

@@ -136,6 +136,11 @@ BAD_VALUES = [
     ("noncurrentVersionExpirationDays", "0", "0 is out of range; allowed: 1 to 3650"),
     ("kmsKeyArn", "alias/mine", "'alias/mine' is not a KMS key ARN"),
     ("accessKeyGeneration", "-1", "-1 is out of range; allowed: 1 to 1000000"),
+    (
+        "kmsKeyArn",
+        "arn:aws:kms:us-east-1:123456789012:key/abcd",
+        "is a key in us-east-1, but the bucket is in eu-west-1",
+    ),
     ("customDomains", "[1, 2]", "is not a list of host names"),
     ("customDomains", '["Example.com"]', "'Example.com' is not a valid lowercase DNS host name"),
     ("customDomains", '["x.herokuapp.com"]', "'x.herokuapp.com' is a herokuapp.com name"),
