@@ -28,10 +28,10 @@ def content_tag(context: Path) -> str:
         and not _SKIPPED_PARTS.intersection(path.relative_to(context).parts)
         and path.suffix != ".pyc"
     )
-    if not files:
-        raise FileNotFoundError(
-            f"the image build context {context} is empty or missing: run Pulumi from the "
-            "repository root (the directory holding Pulumi.yaml)"
+    if not (context / "Dockerfile").is_file():
+        raise pulumi.RunError(
+            f"the image build context {context} has no Dockerfile: run Pulumi from a full "
+            "checkout of the repository (the directory holding Pulumi.yaml and image/)"
         )
     for path in files:
         relative = path.relative_to(context).as_posix().encode()

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import dill  # type: ignore[import-untyped]  # no stubs
 import pulumi
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pulumi.dynamic.dynamic import serialize_provider
 
 from infra.artifact_store import OBJECT_ACTIONS
+from infra.heroku_app import host_of
 from infra.image import PROJECT_DIR, content_tag
 from infra.release import ContainerReleaseProvider
 from infra.settings import SettingsError
@@ -181,6 +185,10 @@ def test_config_vars_come_from_the_real_host_name_and_the_other_resources(dev: P
     }
     # DATABASE_URL belongs to the add-on (it changes on credential rotation and failover).
     assert "DATABASE_URL" not in config_vars.inputs["vars"]
+    # No secret value leaks into the plain (non-sensitive) vars.
+    plain_values = json.dumps(config_vars.inputs["vars"])
+    for value in reveal(sensitive).values():
+        assert value not in plain_values
     depends_on(dev, config_vars, "app", "bucket", "access-key-1", "login-password")
 
 
@@ -466,6 +474,53 @@ def test_preview_of_a_new_stack_works_with_unknown_values(
     assert program.unknown_outputs == OUTPUT_NAMES - {"loginUser"}
     assert program.outputs["loginUser"] == "mlflow"
     assert {"loginPassword", "clientEnvironment"} <= program.secret_outputs
+
+
+@settings(max_examples=15, deadline=None, derandomize=True)
+@given(
+    bad=st.sampled_from(
+        [
+            ("appName", "UPPER"),
+            ("region", "mars"),
+            ("postgresPlan", "hobby-basic"),
+            ("dynoSize", "free"),
+            ("mlflowWorkers", "99"),
+            ("bucketName", "Not_A_Bucket"),
+            ("loginUser", "a:b"),
+            ("kmsKeyArn", "arn:aws:kms:eu-west-1:1:key/x"),
+            ("maxBodySize", "10m"),
+            ("customDomains", "not a host"),
+        ]
+    ),
+    stack=st.sampled_from(["dev", "prod"]),
+)
+def test_generated_bad_stack_config_creates_nothing(
+    program_module: ModuleType, bad: tuple[str, str], stack: str
+) -> None:
+    key, value = bad
+    config = base_config(stack)
+    config[f"{PROJECT}:{key}"] = value
+    monitor = RecordingMonitor(HerokuAwsMocks(preview=True))
+    with pytest.raises(SettingsError, match=f"mlflow-heroku:{key}: "):
+        run_program(stack, config, preview=True, program=program_module.main, monitor=monitor)
+    assert monitor.registrations == []
+
+
+def test_host_of_takes_the_real_host_from_the_web_url() -> None:
+    assert host_of("https://acme-1a2b3c4d5e6f.herokuapp.com/") == "acme-1a2b3c4d5e6f.herokuapp.com"
+    with pytest.raises(ValueError, match="without a host name"):
+        host_of("not a url")
+
+
+def test_a_missing_dockerfile_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "entrypoint.py").write_text("print('hi')\n")
+    with pytest.raises(pulumi.RunError, match="has no Dockerfile"):
+        content_tag(tmp_path)
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    first = content_tag(tmp_path)
+    assert first == content_tag(tmp_path)
+    (tmp_path / "entrypoint.py").write_text("print('changed')\n")
+    assert content_tag(tmp_path) != first
 
 
 def test_release_provider_is_stored_by_reference_without_secrets() -> None:

@@ -162,6 +162,12 @@ def test_bad_value_names_key_value_and_what_is_allowed(
     assert f"{qualified}:" in text
 
 
+def test_custom_domains_need_a_dyno_with_acm() -> None:
+    text = problem({"customDomains": '["ml.example.com"]', "dynoSize": "eco"})
+    assert "mlflow-heroku:customDomains: need Heroku ACM certificates, which eco dynos" in text
+    assert load_config({"customDomains": "ml.example.com"}).custom_domains == ("ml.example.com",)
+
+
 def test_every_problem_is_reported_at_once() -> None:
     text = problem({"region": "mars", "dynoSize": "huge", "appName": "X"})
     assert text.count("\n  - ") == 3
