@@ -43,8 +43,13 @@ import requests
 
 REPO = Path(__file__).resolve().parent.parent
 # The shared throwaway services (PostgreSQL cluster, moto S3) of the test suite.
-sys.path.insert(0, str(REPO / "tests"))
-from support.services import PG_BIN, free_port, postgres_cluster, s3_server  # noqa: E402
+sys.path.insert(0, str(REPO))
+from tests.support.services import PG_BIN, free_port, postgres_cluster, s3_server  # noqa: E402
+
+# The image's own defaults and hash, so the report names what it measured.
+sys.path.insert(0, str(REPO / "image"))
+from mlflow_heroku_runtime.htpasswd import BCRYPT_COST, htpasswd_line  # noqa: E402
+from mlflow_heroku_runtime.settings import DEFAULTS  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 RESULTS_START = "<!-- benchmark-results:start -->"
@@ -252,12 +257,26 @@ class Running:
 
     def __init__(self, stack: Stack, env: dict[str, str], log: Path) -> None:
         self.started = time.monotonic()
-        self.log = log.open("ab")
+        self.log = log.open("a")
+        self.lines: list[tuple[float, str]] = []  # (seconds since launch, output line)
         self.proc = subprocess.Popen(
-            stack.command, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-            start_new_session=True, cwd=env["BENCH_WORKDIR"],
+            stack.command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True, cwd=env["BENCH_WORKDIR"], text=True, errors="replace",
         )  # fmt: skip
         self.known: set[int] = {self.proc.pid}
+        self.reader = threading.Thread(target=self.read_output, daemon=True)
+        self.reader.start()
+
+    def read_output(self) -> None:
+        """Timestamps every output line, so start-up phases can be told apart."""
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            elapsed = time.monotonic() - self.started
+            self.lines.append((elapsed, line.rstrip("\n")))
+            self.log.write(f"{elapsed:8.2f} {line}")
+
+    def first_line_time(self, needle: str) -> float | None:
+        return next((at for at, line in self.lines if needle in line), None)
 
     def remember_tree(self) -> list[int]:
         tree = process_tree(self.proc.pid)
@@ -295,6 +314,7 @@ class Running:
             self.proc.wait(10)
         wait_for(lambda: not alive(list(self.known)), 5.0, 0.05)
         reap_zombies()
+        self.reader.join(5)
         self.log.close()
 
 
@@ -461,7 +481,7 @@ def bench_stack(
     stack: Stack, services: dict[str, str], workdir: Path, args: argparse.Namespace
 ) -> StackResult:
     result = StackResult(stack.name)
-    stack_dir = workdir / stack.name.replace(" ", "-").replace("=", "")
+    stack_dir = workdir / stack.database
     stack_dir.mkdir()
     stack_dir.chmod(0o755)  # nginx workers of the recipe run as nobody and read the htpasswd
     port = free_port()
@@ -470,7 +490,7 @@ def bench_stack(
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("MLFLOW_", "AWS_", "DATABASE_URL", "DYNO", "PORT"))
+        if not key.startswith(("MLFLOW_", "AWS_", "DATABASE_URL", "DYNO", "PORT", "WEB_CONC"))
     }
     env.update(
         PATH=f"{VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}",
@@ -487,6 +507,7 @@ def bench_stack(
         MLFLOW_DISABLE_TELEMETRY="true",
         DO_NOT_TRACK="true",
         BENCH_WORKDIR=str(stack_dir),
+        DYNO="web.1",  # as on Heroku (the recipe ignores it)
     )
     env.update(stack.env)
     stack.prepare(stack_dir, env)
@@ -497,6 +518,7 @@ def bench_stack(
         if result.ready_empty_s is None:
             result.notes.append(f"never ready on an empty database (log: {log})")
             return result
+        result.notes.append(phases(running, "empty DB"))
         result.sigterm_first_s, result.sigterm_first_left = running.terminate(to_all=False)
     finally:
         running.kill_everything()
@@ -506,6 +528,7 @@ def bench_stack(
         if result.ready_warm_s is None:
             result.notes.append(f"never ready on a warm restart (log: {log})")
             return result
+        result.notes.append(phases(running, "warm restart"))
         time.sleep(args.settle)
         result.idle_pss_mb, result.idle_processes = tree_pss_mb(running.proc.pid)
         mlflow_port = find_mlflow_port(running, port)
@@ -529,6 +552,17 @@ def bench_stack(
     finally:
         running.kill_everything()
     return result
+
+
+def phases(running: Running, label: str) -> str:
+    """Where the start-up time went, from the timestamps of the stack's own log lines."""
+    marks = {
+        "database migrated": running.first_line_time("up to date"),  # ours: migrate child
+        "MLflow ready (own log)": running.first_line_time("MLflow ready"),  # ours: supervisor
+        "uvicorn started": running.first_line_time("Application startup complete"),
+    }
+    found = ", ".join(f"{name} at {at:.1f} s" for name, at in marks.items() if at is not None)
+    return f"{label}: {found or 'no phase markers in the log'}"
 
 
 def prepare_recipe(stack_dir: Path, env: dict[str, str]) -> None:
@@ -577,6 +611,12 @@ def render(results: list[StackResult], machine: dict[str, Any], args: argparse.N
         f"Run: {machine['date']} · `{machine['command']}` · {machine['nproc']} cores, "
         f"{machine['mem_gib']} GiB RAM · Python {machine['python']} · MLflow {machine['mlflow']}"
         f" · {machine['nginx']} · PostgreSQL 15 · {args.duration:g} s per load cell.",
+        "",
+        f"Our defaults: WEB_CONCURRENCY={DEFAULTS['WEB_CONCURRENCY']} uvicorn worker(s), "
+        f"DB pool {DEFAULTS['MLFLOW_SQLALCHEMYSTORE_POOL_SIZE']}"
+        f"+{DEFAULTS['MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW']} per worker; basic-auth hash "
+        f"bcrypt cost {BCRYPT_COST}: {machine['auth_check_ms']:.1f} ms per check, paid on "
+        "every request (the recipe's apr1 MD5: ~0.3 ms, see facts).",
         "",
         f"Load average before: `{machine['uptime_before']}`; after: `{machine['uptime_after']}`"
         " (other engineers run tests on this machine at the same time: figures are noisy).",
@@ -640,6 +680,19 @@ def write_doc(doc: Path, table: str) -> None:
     doc.write_text(f"{head}{RESULTS_START}\n{table}{RESULTS_END}{tail}")
 
 
+def auth_check_ms(checks: int = 50) -> float:
+    """Milliseconds nginx spends per request verifying our htpasswd line (same bcrypt cost;
+    crypt() in nginx and the bcrypt library run the same algorithm)."""
+    import bcrypt
+
+    password = secrets.token_urlsafe(18)
+    hashed = htpasswd_line("user", password).strip().split(":", 1)[1].encode()
+    began = time.perf_counter()
+    for _ in range(checks):
+        assert bcrypt.checkpw(password.encode(), hashed)
+    return (time.perf_counter() - began) * 1000 / checks
+
+
 def machine_facts(argv: list[str]) -> dict[str, Any]:
     import mlflow  # heavy: imported only for its version string
 
@@ -653,6 +706,7 @@ def machine_facts(argv: list[str]) -> dict[str, Any]:
         "mlflow": mlflow.__version__,
         "nginx": nginx.stderr.strip().replace("nginx version: ", ""),
         "uptime_before": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+        "auth_check_ms": auth_check_ms(),
     }
 
 
@@ -677,8 +731,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="extra runs of our stack with these worker counts (default 1,2,3; '' for none)",
     )  # fmt: skip
     parser.add_argument(
-        "--workers-env", default="MLFLOW_WORKERS",
-        help="the entrypoint's worker-count variable (default MLFLOW_WORKERS)",
+        "--workers-env", default="WEB_CONCURRENCY",
+        help="the entrypoint's worker-count variable (default WEB_CONCURRENCY)",
     )  # fmt: skip
     parser.add_argument("--no-recipe", action="store_true", help="skip the 2021 recipe")
     parser.add_argument(
@@ -732,7 +786,12 @@ def main(argv: list[str]) -> int:
     machine = machine_facts(argv)
     print(f"load before: {machine['uptime_before']}", flush=True)
 
-    stacks = [] if args.no_ours else [our_stack("ours (defaults)", "ours_default", None, args)]
+    default_workers = int(DEFAULTS["WEB_CONCURRENCY"])
+    stacks = (
+        []
+        if args.no_ours
+        else [our_stack(f"ours (defaults, {default_workers}w)", "ours_default", None, args)]
+    )
     if not args.no_recipe:
         stacks.append(
             Stack(
@@ -744,6 +803,8 @@ def main(argv: list[str]) -> int:
             )
         )
     for workers in args.worker_counts:
+        if workers == default_workers and not args.no_ours:
+            continue  # the default run measured this already
         stacks.append(our_stack(f"ours workers={workers}", f"ours_w{workers}", workers, args))
 
     args.results_dir.mkdir(parents=True, exist_ok=True)
