@@ -73,9 +73,12 @@ def _error_text(response: requests.Response) -> str:
 
 def _status_hint(status: int) -> str:
     hints = {
+        301: "redirected: use the https:// URL",
+        308: "redirected: use the https:// URL",
         401: "the login was refused: check the username and password",
         403: "MLflow refused the request (Host or Origin not allowed?)",
-        413: "nginx refused the body size: raise client_max_body_size",
+        413: "nginx refused the body size: raise the stack's maxBodySize",
+        429: "too many failed logins from this address: wait a minute, then retry",
         502: "nginx could not reach MLflow: is MLflow running (heroku logs)?",
         503: "the app is not serving (dyno booting, crashed or in maintenance)",
         504: "MLflow did not answer nginx in time",
@@ -233,6 +236,8 @@ class SmokeCheck:
         url = self._api("experiments/search")
         body = {"max_results": 1}
         anonymous = self._anonymous.post(url, json=body, timeout=self.timeout)
+        if anonymous.status_code == 429:
+            raise StepFailedError(f"a request without a login answered 429 ({_status_hint(429)})")
         if anonymous.status_code != 401:
             raise StepFailedError(
                 f"a request without a login answered {anonymous.status_code}, expected 401: "
