@@ -222,13 +222,26 @@ def server_errors(output: str) -> list[str]:
     ]
 
 
-def process_group_alive(pgid: int) -> bool:
-    """True while any process of the group exists (zombies of ours included)."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+def group_members(pgid: int) -> list[str]:
+    """Command lines of the live (non-zombie) processes in process group pgid. The stack
+    runs in its own group, so anything listed after the entrypoint exited is an orphan."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            found.append(f"{entry.name}: {command_line(int(entry.name))}")
+    return found
+
+
+def orphans_after_exit(pgid: int, timeout: float = 3.0) -> list[str]:
+    """Group members still alive `timeout` seconds after the leader exited (none is right)."""
+    wait_until(lambda: not group_members(pgid), timeout)
+    return group_members(pgid)
 
 
 def live_pids(pids: list[int]) -> list[int]:

@@ -22,7 +22,7 @@ from tests.resilience.helpers import (
     command_line,
     create_experiment,
     live_pids,
-    process_group_alive,
+    orphans_after_exit,
     signal_all,
     stored_metric_steps,
     tree_of,
@@ -56,12 +56,14 @@ def test_killed_mlflow_stops_the_dyno(postgres: PostgresCluster, s3: S3Server) -
         code = stack.process.wait(STOP_LIMIT_SECONDS + 5)
         took = time.monotonic() - killed
         output = stack.output()
+        # Checked before running_stack's exit, which kills the whole group anyway.
+        orphans = orphans_after_exit(stack.process.pid)
     print(f"\nMLflow killed: entrypoint exit {code} after {took:.1f} s")
     assert code != 0, "Heroku restarts a dyno only when its process exits non-zero"
     assert took <= STOP_LIMIT_SECONDS
     assert "exited unexpectedly" in output, output[-2000:]
-    assert wait_until(lambda: not live_pids(tree), 5), [command_line(p) for p in live_pids(tree)]
-    assert not process_group_alive(stack.process.pid), "processes left behind"
+    assert orphans == [], "processes left behind"
+    assert live_pids(tree) == [], [command_line(pid) for pid in live_pids(tree)]
 
 
 def paced_payload(sent: list[int], digest: hashlib._Hash) -> Iterator[bytes]:
@@ -121,6 +123,7 @@ def test_sigterm_during_upload_and_metric_burst(
             signal_all([stack.process.pid] if target == "first process" else tree, signal.SIGTERM)
             code = stack.process.wait(STOP_LIMIT_SECONDS + 5)
             took = time.monotonic() - signalled
+            orphans = orphans_after_exit(stack.process.pid)  # before the fixture kills the group
         finally:
             writers.stop()
             uploader.join(90)
@@ -134,7 +137,8 @@ def test_sigterm_during_upload_and_metric_burst(
     )
     assert code == 0, "a requested stop is a clean exit"
     assert took <= STOP_LIMIT_SECONDS
-    assert wait_until(lambda: not live_pids(tree), 5), [command_line(p) for p in live_pids(tree)]
+    assert orphans == [], "processes left behind"
+    assert live_pids(tree) == [], [command_line(pid) for pid in live_pids(tree)]
     assert not uploader.is_alive(), "the upload neither finished nor failed"
 
     # The upload either succeeded and the whole file is in S3, or it failed and nothing
