@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from infra import settings as stack_settings
 from infra.settings import DEFAULTS, Settings, SettingsError, load
 
-from .conftest import ROOT
+from .conftest import ROOT, base_config
 
 API_KEY = "0123456789abcdef-heroku-key"
 MINIMAL = {
@@ -202,15 +202,22 @@ def test_stack_files_are_valid_and_hold_no_secrets() -> None:
         config = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
         assert not {"heroku:apiKey", "mlflow-heroku:loginPassword"} & set(config)
         assert not any(isinstance(value, dict) and "secure" in value for value in config.values())
-        raw = {key: str(value) for key, value in config.items()}
-        raw["heroku:apiKey"] = API_KEY
+        # Native YAML types, so the CLI's check against Pulumi.yaml's declared types passes.
+        project = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
+        kinds = {"integer": int, "boolean": bool, "string": str}
+        for key, value in config.items():
+            name = key.removeprefix("mlflow-heroku:")
+            if name != key:
+                assert isinstance(value, kinds[project[name]["type"]]), key
+        # What the CLI hands the program: strings, booleans as "true"/"false".
+        raw = base_config(stack)
         loaded = load(stack, raw.get, lambda key: key == "heroku:apiKey", {})
         assert loaded.app_name.endswith(stack)
     prod = yaml.safe_load((ROOT / "Pulumi.prod.yaml").read_text())["config"]
     dev = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())["config"]
-    assert str(prod["mlflow-heroku:protectData"]) == "true"
-    assert str(prod["mlflow-heroku:bucketVersioning"]) == "true"
-    assert str(dev["mlflow-heroku:protectData"]) == "false"
+    assert prod["mlflow-heroku:protectData"] is True
+    assert prod["mlflow-heroku:bucketVersioning"] is True
+    assert dev["mlflow-heroku:protectData"] is False
     limits = stack_settings.POSTGRES_CONNECTION_LIMITS
     assert limits[prod["mlflow-heroku:postgresPlan"]] > limits[dev["mlflow-heroku:postgresPlan"]]
 
