@@ -426,3 +426,44 @@ def test_the_image_job_gives_the_container_an_environment_the_image_accepts() ->
     # The service's port mapping is where the URL points.
     postgres_port = job["services"]["postgres"]["ports"][0].rsplit(":", 1)[1]
     assert f"@127.0.0.1:{postgres_port}/" in env["DATABASE_URL"]
+
+
+def test_after_destroy_the_summary_lists_what_is_left(tmp_path: Path) -> None:
+    """The listing step reads `pulumi stack export`; a stand-in CLI prints a kept prod state."""
+    state = {
+        "deployment": {
+            "resources": [
+                {
+                    "type": "pulumi:pulumi:Stack",
+                    "urn": "urn:pulumi:prod::p::pulumi:pulumi:Stack::s",
+                },
+                {
+                    "type": "pulumi:providers:aws",
+                    "urn": "urn:pulumi:prod::p::pulumi:providers:aws::x",
+                },
+                {"type": "heroku:app/app:App", "urn": "urn:app", "protect": True},
+                {"type": "aws:s3/bucket:Bucket", "urn": "urn:bucket", "protect": True},
+                {"type": "aws:iam/user:User", "urn": "urn:user"},
+            ]
+        }
+    }
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    fake = tmp_path / "pulumi"
+    fake.write_text(
+        '#!/bin/sh\n[ "$*" = "stack export --stack prod" ] || exit 9\n'
+        f'exec cat "{tmp_path / "state.json"}"\n'
+    )
+    fake.chmod(0o755)
+    summary_file = tmp_path / "summary.md"
+    script = step_named(DESTROY["jobs"]["destroy"], "List what the stack still holds")["run"]
+    result = run_step_script(
+        script,
+        {
+            "STACK": "prod",
+            "GITHUB_STEP_SUMMARY": str(summary_file),
+            "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}",
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    listed = summary_file.read_text().split("```")[1].strip().splitlines()
+    assert listed == ["protected urn:app", "protected urn:bucket", "left      urn:user"]
