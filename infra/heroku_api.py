@@ -311,7 +311,7 @@ class HerokuClient:
                 )
                 raise HerokuApiError(
                     f"the release of image {image_id} to app {app!r} did not finish within "
-                    f"{timeout:.0f} s ({state}); see `heroku releases --app {app}`, then run "
+                    f"{timeout:g} s ({state}); see `heroku releases --app {app}`, then run "
                     "`pulumi up` again"
                 )
             self._sleep(poll_interval)

@@ -112,7 +112,7 @@ def test_release_that_stays_pending_times_out(heroku: FakeHeroku) -> None:
     image_ref = heroku.push(APP, schema2_manifest(IMAGE_ID))
     with pytest.raises(HerokuApiError) as raised:
         provider_for(heroku).create(props(image_ref, timeout_seconds=0.3))
-    assert "did not finish within 0 s (v3 is still pending)" in str(raised.value)
+    assert "did not finish within 0.3 s (v3 is still pending)" in str(raised.value)
     assert "heroku releases --app acme-mlflow" in str(raised.value)
 
 
