@@ -253,6 +253,7 @@ class Supervisor:
             raise
 
     def _run(self) -> int:
+        become_subreaper()
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         started = time.monotonic()
@@ -368,6 +369,18 @@ class Supervisor:
         self._drain()
         log(f"stopped (exit {code})")
         return code
+
+
+def become_subreaper() -> None:
+    """Adopt orphaned grandchildren (an nginx worker whose master died, a uvicorn worker),
+    so kill_tree still finds them; PID 1 in a container is the reaper anyway."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    pr_set_child_subreaper = 36
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_child_subreaper, 1, 0, 0, 0)
 
 
 def grp_name(gid: int) -> str:

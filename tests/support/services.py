@@ -382,6 +382,28 @@ class Stack:
         return code
 
 
+def _reachable_by_others(path: Path) -> bool:
+    """True if every directory on the way to path is searchable by other users."""
+    resolved = path.resolve()
+    return all(parent.stat().st_mode & 0o001 for parent in resolved.parents)
+
+
+def python_for_user(user: str | None) -> tuple[str, dict[str, str]]:
+    """An interpreter another user can execute, with the environment it needs.
+
+    When this venv's interpreter lives under a private home (pyenv under /root), the
+    system's python3 of the same version runs with this venv's site-packages instead.
+    """
+    if user is None or os.geteuid() != 0 or _reachable_by_others(Path(sys.executable)):
+        return sys.executable, {}
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    system_python = Path(f"/usr/bin/{version}")
+    site_packages = Path(sys.prefix) / "lib" / version / "site-packages"
+    if not system_python.exists() or not _reachable_by_others(site_packages):
+        raise RuntimeError(f"no {version} that user {user} can run; install Debian's {version}")
+    return str(system_python), {"PYTHONPATH": str(site_packages)}
+
+
 def start_stack(
     env: Mapping[str, str],
     *,
@@ -389,22 +411,26 @@ def start_stack(
     wait_ready: bool = True,
     ready_timeout: float = 60,
     user: str | None = None,
-    python: str = sys.executable,
+    python: str | None = None,
     cwd: Path | None = None,
+    port: int | None = None,
 ) -> Stack:
     """Launch ``python image/entrypoint.py *args`` with exactly ``env`` (plus PATH, locale).
 
-    ``user`` runs it as another user via runuser (when we are root). With ``wait_ready``
+    ``user`` runs it as another user via runuser (when we are root); ``port`` is where
+    nginx listens when env has no PORT (``--local --port``). With ``wait_ready``
     it returns only after ``/health`` answered 200 and stops the process if that fails.
     """
-    full_env = {**_base_env(), **env}
-    port = int(full_env.get("PORT", "8080"))
+    interpreter, interpreter_env = (python, {}) if python else python_for_user(user)
+    full_env = {**_base_env(), **interpreter_env, **env}
+    if port is None:  # local mode takes --port instead of PORT: pass port= for it
+        port = int(full_env.get("PORT", "8080"))
     output_dir = Path(tempfile.mkdtemp(prefix="mlflow-heroku-stack-"))
     output_dir.chmod(0o755)  # the working directory of a stack run as another user
     output_path = output_dir / "output.log"
     output_file = output_path.open("wb")
     process = subprocess.Popen(
-        _as_user(user, [python, str(ENTRYPOINT), *args], keep_env=True),
+        _as_user(user, [interpreter, str(ENTRYPOINT), *args], keep_env=True),
         env=full_env,
         stdin=subprocess.DEVNULL,
         stdout=output_file,

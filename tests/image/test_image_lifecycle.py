@@ -1,0 +1,295 @@
+"""Starting, stopping and failing: each test runs its own stack (the shared one stays up)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.support.services import (
+    PostgresCluster,
+    S3Server,
+    Stack,
+    descendants,
+    free_port,
+    heroku_env,
+    start_stack,
+    wait_for_port,
+)
+
+pytestmark = pytest.mark.integration
+API = "/api/2.0/mlflow"
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in process group pgid."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def wait_exit(stack: Stack, timeout: float) -> tuple[int | None, float]:
+    started = time.monotonic()
+    try:
+        code: int | None = stack.process.wait(timeout)
+    except Exception:
+        code = None
+    return code, time.monotonic() - started
+
+
+def create_experiment(stack: Stack, name: str) -> str:
+    response = requests.post(
+        f"{stack.url}{API}/experiments/create", json={"name": name}, auth=stack.auth, timeout=30
+    )
+    assert response.status_code == 200, response.text
+    experiment_id: str = response.json()["experiment_id"]
+    return experiment_id
+
+
+def test_sigterm_to_pid1_finishes_in_flight_then_restart_keeps_data(
+    postgres: PostgresCluster, s3: S3Server
+) -> None:
+    env = heroku_env(port=free_port(), database_url=postgres.url, s3=s3)
+    first = start_stack(env)
+    try:
+        name = f"persisted-{uuid.uuid4().hex[:8]}"
+        experiment_id = create_experiment(first, name)
+        run_id = requests.post(
+            f"{first.url}{API}/runs/create",
+            json={"experiment_id": experiment_id},
+            auth=first.auth,
+            timeout=30,
+        ).json()["run"]["info"]["run_id"]
+        # An upload in flight when SIGTERM arrives must still complete.
+        upload_result: dict[str, int] = {}
+        payload = os.urandom(40 * 1024**2)
+
+        def slow_body():  # type: ignore[no-untyped-def]
+            for offset in range(0, len(payload), 1024**2):
+                yield payload[offset : offset + 1024**2]
+                time.sleep(0.03)
+
+        def upload() -> None:
+            response = requests.put(
+                f"{first.url}/api/2.0/mlflow-artifacts/artifacts/{experiment_id}/{run_id}/artifacts/in-flight.bin",
+                data=slow_body(),
+                auth=first.auth,
+                timeout=60,
+            )
+            upload_result["status"] = response.status_code
+
+        uploader = threading.Thread(target=upload)
+        uploader.start()
+        time.sleep(0.5)
+        first.process.send_signal(signal.SIGTERM)
+        code, seconds = wait_exit(first, 15)
+        uploader.join(30)
+        assert code == 0, first.output()
+        assert seconds < 10
+        assert group_members(first.process.pid) == []
+        assert upload_result.get("status") == 200, (upload_result, first.output()[-3000:])
+        keys = s3.keys("artifacts/")
+        assert [
+            size for key, size in keys.items() if key.endswith(f"{run_id}/artifacts/in-flight.bin")
+        ] == [len(payload)]
+        assert "received SIGTERM; stopping gracefully" in first.output()
+    finally:
+        first.stop()
+
+    # Warm restart on the same database: the data is still there.
+    second = start_stack({**env, "PORT": str(free_port())})
+    try:
+        fetched = requests.get(
+            f"{second.url}{API}/experiments/get-by-name",
+            params={"experiment_name": name},
+            auth=second.auth,
+            timeout=30,
+        )
+        assert fetched.json()["experiment"]["experiment_id"] == experiment_id
+        # Heroku sends SIGTERM to every process of the dyno at once.
+        members = descendants(second.process.pid)
+        assert len(members) >= 4  # entrypoint, nginx master + worker, uvicorn
+        for pid in members:
+            with contextlib.suppress(ProcessLookupError):  # one may already be gone
+                os.kill(pid, signal.SIGTERM)
+        code, seconds = wait_exit(second, 15)
+        assert code is not None
+        assert seconds < 10
+        assert group_members(second.process.pid) == []
+    finally:
+        second.stop()
+
+
+def test_mlflow_death_stops_everything_as_non_root(postgres: PostgresCluster, s3: S3Server) -> None:
+    """Run as `nobody` (Heroku runs containers without root), then kill MLflow."""
+    env = heroku_env(port=free_port(), database_url=postgres.url, s3=s3)
+    stack = start_stack(env, user="nobody" if os.geteuid() == 0 else None)
+    try:
+        assert (
+            requests.get(
+                f"{stack.url}{API}/experiments/search?max_results=1", auth=stack.auth, timeout=30
+            ).status_code
+            == 200
+        )
+        uids = {Path(f"/proc/{pid}").stat().st_uid for pid in descendants(stack.process.pid)[1:]}
+        if os.geteuid() == 0:
+            assert 0 not in uids - {0} or uids == {65534} or 0 not in uids, uids
+        uvicorn = [
+            pid
+            for pid in descendants(stack.process.pid)
+            if b"uvicorn" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        assert uvicorn
+        os.kill(uvicorn[0], signal.SIGKILL)
+        code, seconds = wait_exit(stack, 15)
+        assert code not in (0, None), stack.output()
+        assert seconds < 10
+        assert group_members(stack.process.pid) == []
+        assert "mlflow exited unexpectedly" in stack.output()
+    finally:
+        stack.stop()
+
+
+def test_nginx_death_stops_everything(postgres: PostgresCluster, s3: S3Server) -> None:
+    env = heroku_env(port=free_port(), database_url=postgres.url, s3=s3)
+    stack = start_stack(env, wait_ready=False)
+    try:
+        assert wait_for_port(stack.port, 10), stack.output()
+        masters = [
+            pid
+            for pid in descendants(stack.process.pid)
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"nginx: master")
+        ]
+        assert masters
+        os.kill(masters[0], signal.SIGKILL)
+        code, seconds = wait_exit(stack, 15)
+        assert code not in (0, None), stack.output()
+        assert seconds < 10
+        assert group_members(stack.process.pid) == []
+    finally:
+        stack.stop()
+
+
+def test_unreachable_database_answers_503_then_exits(s3: S3Server) -> None:
+    dead_port = free_port()
+    password = "db-secret-for-this-test"
+    env = heroku_env(
+        port=free_port(),
+        database_url=f"postgres://mlflow:{password}@127.0.0.1:{dead_port}/mlflow",
+        s3=s3,
+        MLFLOW_HEROKU_DB_WAIT_SECONDS="4",
+    )
+    stack = start_stack(env, wait_ready=False)
+    try:
+        assert wait_for_port(stack.port, 10), stack.output()
+        health = requests.get(f"{stack.url}/health", timeout=10)
+        assert health.status_code == 503
+        assert health.headers["Retry-After"] == "5"
+        code, seconds = wait_exit(stack, 30)
+        assert code not in (0, None)
+        output = stack.output()
+        assert f"database 127.0.0.1:{dead_port}/mlflow unreachable" in output
+        assert "giving up after 4 s (MLFLOW_HEROKU_DB_WAIT_SECONDS)" in output
+        assert password not in output
+        assert group_members(stack.process.pid) == []
+    finally:
+        stack.stop()
+
+
+def test_wrong_database_password_is_named_not_echoed(
+    postgres: PostgresCluster, s3: S3Server
+) -> None:
+    wrong = "Wrong-DB-pass%word"
+    url = postgres.url.replace(postgres.url.split("@")[0].rsplit(":", 1)[1], "Wrong-DB-pass%25word")
+    env = heroku_env(port=free_port(), database_url=url, s3=s3, MLFLOW_HEROKU_DB_WAIT_SECONDS="1")
+    stack = start_stack(env, wait_ready=False)
+    try:
+        code, _seconds = wait_exit(stack, 30)
+        output = stack.output()
+        assert code not in (0, None), output
+        assert "password authentication failed" in output
+        assert wrong not in output
+        assert "Wrong-DB-pass%25word" not in output
+    finally:
+        stack.stop()
+
+
+@pytest.mark.parametrize(
+    ("removed", "message"),
+    [
+        ("DATABASE_URL", "DATABASE_URL is not set"),
+        ("S3_URI", "S3_URI is not set"),
+        ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_PASSWORD is not set"),
+        ("PORT", "PORT is not set"),
+    ],
+)
+def test_missing_variable_on_a_dyno_exits_before_starting_anything(
+    s3: S3Server, removed: str, message: str
+) -> None:
+    env = heroku_env(port=free_port(), database_url="postgres://u:pw@127.0.0.1:1/d", s3=s3)
+    del env[removed]
+    stack = start_stack(env, wait_ready=False)
+    try:
+        code, _seconds = wait_exit(stack, 30)
+        assert code == 2
+        output = stack.output()
+        assert f"configuration error: {message}" in output
+        assert "nginx" not in output
+        assert "Traceback" not in output
+    finally:
+        stack.stop()
+
+
+def test_local_mode_refused_on_a_dyno(s3: S3Server) -> None:
+    env = heroku_env(port=free_port(), database_url="postgres://u:pw@127.0.0.1:1/d", s3=s3)
+    stack = start_stack(env, args=["--local"], wait_ready=False)
+    try:
+        code, _seconds = wait_exit(stack, 30)
+        assert code == 2
+        assert "--local is refused on a Heroku dyno" in stack.output()
+    finally:
+        stack.stop()
+
+
+def test_local_mode_runs_on_embedded_defaults(tmp_path: Path) -> None:
+    port = free_port()
+    stack = start_stack(
+        {}, args=["--local", "--port", str(port)], cwd=tmp_path, ready_timeout=90, port=port
+    )
+    try:
+        password = (tmp_path / ".local-data" / "password").read_text().strip()
+        assert (tmp_path / ".local-data" / "password").stat().st_mode & 0o077 == 0
+        deadline = time.monotonic() + 10
+        while f"password: {password}" not in stack.output() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert f"MLflow is running at http://127.0.0.1:{port}" in stack.output()
+        assert f"password: {password}" in stack.output()
+        answer = requests.get(
+            f"{stack.url}{API}/experiments/search?max_results=1",
+            auth=("mlflow", password),
+            timeout=30,
+        )
+        assert answer.status_code == 200
+        assert (tmp_path / ".local-data" / "mlflow.db").exists()
+        stack.process.send_signal(signal.SIGINT)  # Ctrl-C
+        code, seconds = wait_exit(stack, 15)
+        assert code == 0
+        assert seconds < 10
+        assert group_members(stack.process.pid) == []
+    finally:
+        stack.stop()
