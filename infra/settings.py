@@ -496,7 +496,13 @@ def load(
 
 
 def from_pulumi_config() -> Settings:
-    """Reads the current stack's configuration (call inside the program, after mocks are set)."""
-    from pulumi.runtime import get_config, is_config_secret
+    """Reads the current stack's configuration. Call it inside the program (after mocks are set
+    in tests): `pulumi.Config` binds the project and stack when it is constructed."""
+    bags: dict[str, pulumi.Config] = {}
 
-    return load(pulumi.get_stack(), get_config, is_config_secret)
+    def get(full_key: str) -> str | None:
+        namespace, _, key = full_key.partition(":")
+        bag = bags.setdefault(namespace, pulumi.Config(namespace))
+        return bag.get(key)
+
+    return load(pulumi.get_stack(), get, pulumi.runtime.is_config_secret)
