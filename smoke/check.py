@@ -89,6 +89,8 @@ def _status_hint(status: int) -> str:
 class SmokeCheck:
     """Run the steps against one target. ``run()`` returns True when every step passed."""
 
+    health_retry_seconds = 2.0  # pause between /health attempts while ``wait`` lasts
+
     def __init__(
         self,
         target: Target,
@@ -221,15 +223,16 @@ class SmokeCheck:
                 if response.status_code == 200:
                     waited = f" after {attempts} attempts" if attempts > 1 else ""
                     return f"GET /health answered 200{waited}"
+                hint = _status_hint(response.status_code)
                 failure: Exception = StepFailedError(
                     f"GET /health answered {response.status_code}, expected 200"
-                    + (f" ({_status_hint(response.status_code)})" if response.status_code else "")
+                    + (f" ({hint})" if hint else "")
                 )
             except (requests.ConnectionError, requests.Timeout) as error:
                 failure = error
             if time.monotonic() >= deadline:
                 raise failure
-            time.sleep(2)
+            time.sleep(self.health_retry_seconds)
 
     def check_auth(self) -> str:
         """The API refuses a request without a login (401) and accepts one with it (200)."""

@@ -230,6 +230,41 @@ def test_an_api_without_basic_auth_fails_at_auth(open_api_server: str) -> None:
     assert "answered 200, expected 401" in results[-1].detail
 
 
+class _BootingHealth(BaseHTTPRequestHandler):
+    """/health answers 503 (as nginx does while MLflow boots) until the third request."""
+
+    health_requests = 0
+
+    def do_GET(self) -> None:
+        type(self).health_requests += 1
+        self.send_response(503 if type(self).health_requests < 3 else 200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_wait_retries_health_while_the_release_boots() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _BootingHealth)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+
+        class Quick(SmokeCheck):
+            health_retry_seconds = 0.05
+
+        impatient = Quick(Target(url, "u", "p"), wait=0, report=lambda _: None)
+        with pytest.raises(StepFailedError, match="answered 503, expected 200"):
+            impatient.check_health()
+        patient = Quick(Target(url, "u", "p"), wait=10, report=lambda _: None)
+        assert patient.check_health() == "GET /health answered 200 after 2 attempts"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_the_password_is_redacted_from_any_step_message() -> None:
     password = "pa$$ w:rd/é"
 
