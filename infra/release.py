@@ -12,6 +12,7 @@ from typing import Any
 
 import pulumi
 import pulumi.dynamic
+from pulumi.runtime.rpc import UNKNOWN
 from pulumiverse_heroku import formation
 
 from infra.heroku_api import (
@@ -23,8 +24,6 @@ from infra.heroku_api import (
 )
 
 PROCESS_TYPE = "web"
-# What the engine passes for values not yet known in a preview (pulumi.runtime.rpc.UNKNOWN).
-_UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
 
 
 class ContainerReleaseProvider(pulumi.dynamic.ResourceProvider):
@@ -95,15 +94,16 @@ class ContainerReleaseProvider(pulumi.dynamic.ResourceProvider):
         replaces = [
             key
             for key in ("app_name", "process_type")
-            if news.get(key) == _UNKNOWN or news.get(key) != olds.get(key)
+            if news.get(key) == UNKNOWN or news.get(key) != olds.get(key)
         ]
         if replaces:
             return pulumi.dynamic.DiffResult(
                 changes=True, replaces=replaces, delete_before_replace=False
             )
         new_ref = news.get("image_ref")
-        if new_ref == _UNKNOWN:
-            # A preview with a rebuilt image: the new image ID is not known yet -> an update.
+        if new_ref == UNKNOWN:
+            # A preview with a rebuilt image (the engine passes UNKNOWN for values not known
+            # yet): the new image ID is not known either -> an update.
             return pulumi.dynamic.DiffResult(changes=True, replaces=[])
         if new_ref == olds.get("image_ref"):
             changes = False

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from pulumi.runtime import rpc as pulumi_rpc
 
 from infra.heroku_api import HerokuApiError, HerokuClient, parse_repo_digest
 from infra.release import ContainerReleaseProvider
@@ -303,7 +304,7 @@ def released(fake: FakeHeroku, image_id: str = IMAGE_ID) -> dict[str, Any]:
     return outs
 
 
-UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
+UNKNOWN = pulumi_rpc.UNKNOWN
 
 
 def test_diff_same_image_is_no_change(heroku: FakeHeroku) -> None:
