@@ -217,6 +217,13 @@ def test_every_pulumi_job_holds_its_stacks_concurrency_group() -> None:
         assert concurrency["cancel-in-progress"] is False, where
 
 
+def test_nothing_cancels_a_running_pulumi_job() -> None:
+    """Workflow-level cancel-in-progress would kill running Pulumi jobs (and leave locks)."""
+    for where, _, _ in pulumi_jobs():
+        document = workflow(where.split(":")[0])
+        assert document.get("concurrency", {}).get("cancel-in-progress") is not True, where
+
+
 def test_pulumi_outputs_are_not_printed() -> None:
     for where, _, settings in pulumi_jobs():
         assert settings.get("suppress-outputs") is True, where
