@@ -409,12 +409,6 @@ def load(
     protect_data = reader.boolean("protectData")
     custom_domains = _read_domains(reader)
     release_timeout = reader.integer("releaseTimeoutSeconds", 60, 3600)
-    if custom_domains and dyno_size == "eco":
-        reader.fail(
-            "customDomains",
-            "need Heroku ACM certificates, which eco dynos do not get; use dynoSize basic or "
-            "larger",
-        )
 
     aws_region = get("aws:region") or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
     if not aws_region:
