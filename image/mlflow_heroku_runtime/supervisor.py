@@ -5,7 +5,7 @@ Process layout (why: see docs/image.md)::
     entrypoint (this, light: no mlflow import)
     ├── nginx master -> worker          binds $PORT at once; 503 until MLflow answers
     ├── python -m ...migrate            short-lived: waits for the DB, migrates, exits
-    └── python -m uvicorn mlflow.server.fastapi_app:app   on 127.0.0.1:<free port>
+    └── python -m uvicorn mlflow_heroku_runtime.asgi:app  (MLflow's FastAPI app) on 127.0.0.1
 
 Children's output goes through this process, which removes secrets from every line.
 Any child dying unexpectedly stops the others and exits non-zero, so Heroku restarts the
@@ -322,7 +322,8 @@ class Supervisor:
             log_config = Path(spec.origin).parent / "server" / "uvicorn_log_config.yaml"
             if log_config.exists():
                 argv += ["--log-config", str(log_config)]
-        return [*argv, "mlflow.server.fastapi_app:app"]
+        # MLflow's FastAPI app, wrapped so database errors never reach clients verbatim.
+        return [*argv, "mlflow_heroku_runtime.asgi:app"]
 
     def announce_local(self) -> None:
         # Deliberately not redacted: local mode prints its generated login once per start.
