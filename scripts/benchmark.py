@@ -243,6 +243,7 @@ class StackResult:
     idle_pss_mb: float | None = None
     idle_processes: int | None = None
     peak_pss_mb: float | None = None
+    load_average: str | None = None  # 1-minute load average right after this stack's load
     sigterm_first_s: float | None = None
     sigterm_first_left: int | None = None
     sigterm_all_s: float | None = None
@@ -548,6 +549,7 @@ def bench_stack(
                     result.load.append(cell)
                     print(f"  {stack.name}: {path} {clients} clients: {cell}", flush=True)
         result.peak_pss_mb = sampler.peak
+        result.load_average = Path("/proc/loadavg").read_text().split()[0]
         result.sigterm_all_s, result.sigterm_all_left = running.terminate(to_all=True)
     finally:
         running.kill_everything()
@@ -625,8 +627,9 @@ def render(results: list[StackResult], machine: dict[str, Any], args: argparse.N
         "",
         "| stack | bind $PORT empty DB (s) | first auth 200 empty DB (s) | bind warm (s) "
         "| first auth 200 warm (s) | PSS idle (MB) | processes | PSS peak under load (MB) "
-        "| SIGTERM first process → exit (s) / left | SIGTERM all → exit (s) / left |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| SIGTERM first process → exit (s) / left | SIGTERM all → exit (s) / left "
+        "| machine load avg after its load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
@@ -634,7 +637,8 @@ def render(results: list[StackResult], machine: dict[str, Any], args: argparse.N
             f"| {fmt(r.bind_warm_s, 2)} | {fmt(r.ready_warm_s)} | {fmt(r.idle_pss_mb, 0)} "
             f"| {fmt(r.idle_processes)} | {fmt(r.peak_pss_mb, 0)} "
             f"| {fmt(r.sigterm_first_s, 2)} / {fmt(r.sigterm_first_left)} "
-            f"| {fmt(r.sigterm_all_s, 2)} / {fmt(r.sigterm_all_left)} |"
+            f"| {fmt(r.sigterm_all_s, 2)} / {fmt(r.sigterm_all_left)} "
+            f"| {r.load_average or 'n/a'} |"
         )
     lines += [
         "",
