@@ -10,9 +10,12 @@ error responses are buffered, and those are small.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
 from typing import Any
 
 from mlflow.server.fastapi_app import app as mlflow_app
@@ -90,4 +93,18 @@ class ScrubDatabaseErrors:
         await self.app(scope, receive, filtered_send)
 
 
+def wait_for_migration(timeout: float = 120) -> None:
+    """Block (at import, before uvicorn listens) until the supervisor says the schema is
+    current. MLflow touches the database only on the first request, never at import."""
+    flag = os.environ.get("_MLFLOW_HEROKU_MIGRATED_FLAG")
+    if not flag:
+        return
+    deadline = time.monotonic() + timeout
+    while not Path(flag).exists():
+        if time.monotonic() > deadline:
+            raise SystemExit("mlflow: the database migration did not finish in time")
+        time.sleep(0.05)
+
+
+wait_for_migration()
 app = ScrubDatabaseErrors(mlflow_app)

@@ -98,6 +98,7 @@ class Supervisor:
         self.children: dict[str, subprocess.Popen[bytes]] = {}
         self.stop_signal: int | None = None
         self.mlflow_port = free_loopback_port(settings.port)
+        self.migrated_flag = runtime_dir / "migrated"
 
     # ----------------------------------------------------------------- signals and output
 
@@ -177,6 +178,7 @@ class Supervisor:
                 "MLFLOW_ENABLE_WORKSPACES": env.get("MLFLOW_ENABLE_WORKSPACES", "false"),
                 "_MLFLOW_HEROKU_DB_DESCRIPTION": self.settings.database_description,
                 "MLFLOW_HEROKU_DB_WAIT_SECONDS": str(self.settings.db_wait_seconds),
+                "_MLFLOW_HEROKU_MIGRATED_FLAG": str(self.migrated_flag),
                 "PYTHONPATH": os.pathsep.join(
                     filter(None, [str(RUNTIME_PACKAGE_DIR.parent), env.get("PYTHONPATH")])
                 ),
@@ -227,7 +229,7 @@ class Supervisor:
             {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/bin")},
         )
 
-    def wait_for(self, name: str, condition: object = None, timeout: float | None = None) -> bool:
+    def wait_for(self, name: str) -> bool:
         """Pump output until child ``name`` exits (True) or a stop/failure happens (False)."""
         process = self.children[name]
         while process.poll() is None:
@@ -275,14 +277,23 @@ class Supervisor:
         migrate = self._spawn(
             "migrate", [sys.executable, "-m", "mlflow_heroku_runtime.migrate"], env
         )
+        # MLflow's import (~4 s) overlaps the migration; asgi.py holds the app back until
+        # this flag file exists, so uvicorn never serves an unmigrated database.
+        self._spawn("mlflow", self.uvicorn_argv(), env)
         if not self.wait_for("migrate"):
-            return self.shutdown(CHILD_FAILED_EXIT if self.stop_signal is None else 0)
+            if self.stop_signal is not None:
+                log(f"received {signal.Signals(self.stop_signal).name}; stopping")
+                return self.shutdown(0)
+            self._drain()
+            failed = self.failed_child()
+            log(f"{failed} exited unexpectedly during the migration; stopping the rest")
+            return self.shutdown(CHILD_FAILED_EXIT)
         self._drain()
         if migrate.returncode != 0:
             log(f"database migration failed (exit {migrate.returncode}); stopping")
             return self.shutdown(CHILD_FAILED_EXIT)
+        self.migrated_flag.touch()
 
-        self._spawn("mlflow", self.uvicorn_argv(), env)
         ready = False
         while True:
             if self.stop_signal is not None:
