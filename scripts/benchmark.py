@@ -375,10 +375,21 @@ def create_runs(base: str, auth: tuple[str, str] | None, count: int) -> list[str
         return runs
 
 
+@dataclass
+class LoadSample:
+    """Raw figures of one timed slice of load: per-request latencies, errors, seconds."""
+
+    latencies: list[float]
+    errors: int
+    seconds: float
+
+
 def log_metric_load(
-    base: str, auth: tuple[str, str] | None, clients: int, seconds: float, path: str
-) -> LoadCell:
-    """`clients` threads, each on its own keep-alive session, POST log-metric for `seconds`."""
+    base: str, auth: tuple[str, str] | None, clients: int, seconds: float, keep_alive: bool
+) -> LoadSample:
+    """`clients` threads, each with its own session and run, POST log-metric for `seconds`.
+    Without keep_alive every request asks for `Connection: close` (a fresh connection each
+    time, as nginx opens to MLflow)."""
     run_ids = create_runs(base, auth, clients)
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors = [0] * clients
@@ -389,6 +400,8 @@ def log_metric_load(
     def client(index: int) -> None:
         with requests.Session() as session:
             session.auth = auth
+            if not keep_alive:
+                session.headers["Connection"] = "close"
             url = f"{base}{LOG_METRIC_PATH}"
 
             def one(step: int) -> bool:
@@ -426,15 +439,20 @@ def log_metric_load(
     for thread in threads:
         thread.join(seconds + 60)
     elapsed = time.monotonic() - began
-    merged = sorted(value for per_client in latencies for value in per_client)
-    total = len(merged)
+    return LoadSample([v for per in latencies for v in per], sum(errors), elapsed)
+
+
+def summarize(path: str, clients: int, samples: list[LoadSample]) -> LoadCell:
+    merged = sorted(value for sample in samples for value in sample.latencies)
+    errors = sum(sample.errors for sample in samples)
+    elapsed = sum(sample.seconds for sample in samples)
     return LoadCell(
         path=path,
         clients=clients,
-        requests=total,
-        errors=sum(errors),
+        requests=len(merged),
+        errors=errors,
         seconds=round(elapsed, 2),
-        throughput=round((total - sum(errors)) / elapsed, 1),
+        throughput=round((len(merged) - errors) / elapsed, 1),
         p50_ms=round(percentile(merged, 0.50) * 1000, 1),
         p99_ms=round(percentile(merged, 0.99) * 1000, 1),
     )
@@ -544,8 +562,23 @@ def bench_stack(
             targets.append(("direct", f"http://127.0.0.1:{mlflow_port}", None))
         with PeakSampler(running.proc.pid) as sampler:
             for clients in args.client_counts:
-                for path, base, path_auth in targets:
-                    cell = log_metric_load(base, path_auth, clients, args.duration, path)
+                # Paths alternate in slices (A B B A ...), so drifting background load on
+                # this shared machine hits both paths alike.
+                samples: dict[str, list[LoadSample]] = {path: [] for path, _, _ in targets}
+                for round_index in range(args.rounds):
+                    order = targets if round_index % 2 == 0 else targets[::-1]
+                    for path, base, path_auth in order:
+                        samples[path].append(
+                            log_metric_load(
+                                base,
+                                path_auth,
+                                clients,
+                                args.duration / args.rounds,
+                                keep_alive=path == "nginx",
+                            )
+                        )
+                for path, _, _ in targets:
+                    cell = summarize(path, clients, samples[path])
                     result.load.append(cell)
                     print(f"  {stack.name}: {path} {clients} clients: {cell}", flush=True)
         result.peak_pss_mb = sampler.peak
@@ -738,6 +771,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--workers-env", default="WEB_CONCURRENCY",
         help="the entrypoint's worker-count variable (default WEB_CONCURRENCY)",
     )  # fmt: skip
+    parser.add_argument(
+        "--rounds", type=int, default=4,
+        help="slices per load cell, alternating nginx and direct (default 4; --quick: 2)",
+    )  # fmt: skip
     parser.add_argument("--no-recipe", action="store_true", help="skip the 2021 recipe")
     parser.add_argument(
         "--no-ours", action="store_true", help="skip our stack with default settings"
@@ -767,6 +804,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.client_counts = [1, 16] if args.clients == "1,4,16" else args.client_counts
         args.worker_counts = []
         args.settle = min(args.settle, 2.0)
+        args.rounds = min(args.rounds, 2)
+    if not 1 <= args.rounds <= 20:
+        parser.error("--rounds must be from 1 to 20")
     args.duration = args.duration or 10.0
     if not 0.5 <= args.duration <= 600:
         parser.error("--duration must be between 0.5 and 600 seconds")
