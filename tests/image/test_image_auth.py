@@ -338,3 +338,19 @@ def test_unicode_password_works_through_nginx(stack: Stack) -> None:
     token = base64.b64encode(f"{stack.username}:{stack.password}".encode()).decode()
     answer = requests.get(stack.url + API, headers={"Authorization": f"Basic {token}"}, timeout=10)
     assert answer.status_code == 200
+
+
+def test_both_login_paths_work(stack: Stack) -> None:
+    """The exact header takes nginx's fast path; any other spelling is checked by bcrypt."""
+    token = base64.b64encode(f"{stack.username}:{stack.password}".encode()).decode()
+    for header in (f"Basic {token}", f"basic {token}", f"BASIC  {token}"):
+        answer = requests.get(stack.url + API, headers={"Authorization": header}, timeout=10)
+        assert answer.status_code == 200, header
+    wrong = base64.b64encode(f"{stack.username}:{stack.password}!".encode()).decode()
+    for header in (f"Basic {wrong}", f"basic {wrong}", f"Basic x{token}", f"Bearer {token}"):
+        answer = requests.get(
+            stack.url + API,
+            headers={"Authorization": header, "X-Forwarded-For": client_address()},
+            timeout=10,
+        )
+        assert answer.status_code == 401, header
