@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import requests
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from tests.support.services import (
     PostgresCluster,
@@ -296,5 +298,70 @@ def test_local_mode_runs_on_embedded_defaults(tmp_path: Path) -> None:
         assert code == 0
         assert seconds < 10
         assert group_members(stack.process.pid) == []
+    finally:
+        stack.stop()
+
+
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    changes=st.dictionaries(
+        st.sampled_from(
+            [
+                "PORT",
+                "DATABASE_URL",
+                "S3_URI",
+                "MLFLOW_TRACKING_USERNAME",
+                "MLFLOW_TRACKING_PASSWORD",
+                "WEB_CONCURRENCY",
+                "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE",
+                "MLFLOW_HEROKU_MAX_BODY_SIZE",
+                "AWS_DEFAULT_REGION",
+                "MLFLOW_S3_ENDPOINT_URL",
+            ]
+        ),
+        st.text(
+            alphabet=st.characters(
+                codec="utf-8", exclude_categories=["Cs"], exclude_characters="\0"
+            ),
+            max_size=30,
+        ),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_fuzzed_environment_starts_nothing(
+    changes: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Generated bad values: exit 2 with named errors, no traceback, nothing started."""
+    from mlflow_heroku_runtime.errors import ConfigError
+    from mlflow_heroku_runtime.settings import load_settings
+
+    port = free_port()
+    env = {
+        **heroku_env(port=port, database_url="postgres://u:pw@db.example.com/d", s3=None),
+        "S3_URI": "s3://bucket/prefix",
+        "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
+        "AWS_SECRET_ACCESS_KEY": "secret-example",
+        **changes,
+    }
+    try:
+        load_settings(env)
+        assume(False)  # only invalid environments are of interest here
+    except ConfigError:
+        pass
+    scratch = tmp_path_factory.mktemp("fuzz-tmp")
+    stack = start_stack({**env, "TMPDIR": str(scratch)}, wait_ready=False, port=port)
+    try:
+        code, _seconds = wait_exit(stack, 30)
+        output = stack.output()
+        assert code == 2, output
+        assert "Traceback" not in output
+        lines = [line for line in output.splitlines() if line.strip()]
+        assert lines
+        assert all(line.startswith("entrypoint: configuration error: ") for line in lines), output
+        assert list(scratch.iterdir()) == []  # no runtime directory was created
+        assert not wait_for_port(port, 0.1)
     finally:
         stack.stop()
