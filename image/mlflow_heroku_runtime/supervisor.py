@@ -346,18 +346,13 @@ class Supervisor:
             flush=True,
         )
 
-    def _drain(self) -> None:
-        """Forward whatever output is still buffered in the pipes."""
-        for _ in range(20):
-            if not self.selector.get_map():
+    def _drain(self, budget: float = 0.5) -> None:
+        """Forward output still waiting in the pipes (e.g. a dead child's last words)."""
+        deadline = time.monotonic() + budget
+        while self.selector.get_map() and time.monotonic() < deadline:
+            if not self.selector.select(0.02):
                 return
-            before = dict(self.partial)
-            self._pump(0.01)
-            if before == self.partial and not any(
-                process.poll() is None for process in self.children.values()
-            ):
-                self._pump(0)
-                return
+            self._pump(0)
 
     def shutdown(self, code: int) -> int:
         """Graceful stop: nginx finishes in-flight requests (SIGQUIT), uvicorn drains

@@ -173,9 +173,12 @@ def test_mlflow_death_stops_everything_as_non_root(postgres: PostgresCluster, s3
 
 def test_nginx_death_stops_everything(postgres: PostgresCluster, s3: S3Server) -> None:
     env = heroku_env(port=free_port(), database_url=postgres.url, s3=s3)
+    launched = time.monotonic()
     stack = start_stack(env, wait_ready=False)
     try:
         assert wait_for_port(stack.port, 10), stack.output()
+        # ~0.25 s on a quiet machine; generous here because CI shares two cores.
+        assert time.monotonic() - launched < 3
         masters = [
             pid
             for pid in descendants(stack.process.pid)
