@@ -2,7 +2,8 @@
 
 Process layout (why: see docs/image.md)::
 
-    entrypoint (this, light: no mlflow import)
+    entrypoint (this, light: no mlflow, SQLAlchemy, jinja2 or bcrypt import)
+    ├── python -m ...prepare            short-lived: validates the env, writes nginx's files
     ├── nginx master -> worker          binds $PORT at once; 503 until MLflow answers
     ├── python -m ...migrate            short-lived: waits for the DB, migrates, exits
     └── python -m uvicorn mlflow_heroku_runtime.asgi:app  (MLflow's FastAPI app) on 127.0.0.1
@@ -14,7 +15,6 @@ dyno; SIGTERM/SIGINT stop everything gracefully within STOP_GRACE_SECONDS.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib.util
 import os
@@ -24,7 +24,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -32,10 +31,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
-from . import nginx_config
-from .errors import ConfigError
-from .htpasswd import write_htpasswd
-from .settings import LOCAL_PORT, Settings, generate_local_password, load_settings
+from .plan import Plan, argument_parser
 
 RUNTIME_PACKAGE_DIR = Path(__file__).resolve().parent
 STOP_GRACE_SECONDS = 8.0  # Heroku allows 30 s; the brief promises everything gone within 10
@@ -62,16 +58,6 @@ def log(message: str) -> None:
     print(f"entrypoint: {message}", file=sys.stderr, flush=True)
 
 
-def free_loopback_port(avoid: int) -> int:
-    """A free port on 127.0.0.1 for MLflow, never $PORT (Heroku may hand out 5000)."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind((LOOPBACK, 0))
-            port: int = sock.getsockname()[1]
-        if port != avoid:
-            return port
-
-
 def port_accepts(port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), 0.2):
         return True
@@ -89,16 +75,16 @@ def mlflow_answers_health(port: int) -> bool:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, runtime_dir: Path) -> None:
-        self.settings = settings
-        self.runtime_dir = runtime_dir
-        self.redact = Redactor(settings.secrets)
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.runtime_dir = Path(plan.runtime_dir)
+        self.redact = Redactor(plan.secrets)
         self.selector = selectors.DefaultSelector()
         self.partial: dict[int, bytes] = {}
         self.children: dict[str, subprocess.Popen[bytes]] = {}
         self.stop_signal: int | None = None
-        self.mlflow_port = free_loopback_port(settings.port)
-        self.migrated_flag = runtime_dir / "migrated"
+        self.mlflow_port = plan.mlflow_port
+        self.migrated_flag = self.runtime_dir / "migrated"
 
     # ----------------------------------------------------------------- signals and output
 
@@ -164,20 +150,20 @@ class Supervisor:
             # Children never need the login or the raw add-on URL.
             if key not in ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_USERNAME", "DATABASE_URL")
         }
-        env.update(self.settings.mlflow_env)
+        env.update(self.plan.mlflow_env)
         env.update(
             {
-                "_MLFLOW_SERVER_FILE_STORE": self.settings.backend_store_uri,
-                "_MLFLOW_SERVER_REGISTRY_STORE": self.settings.backend_store_uri,
+                "_MLFLOW_SERVER_FILE_STORE": self.plan.backend_store_uri,
+                "_MLFLOW_SERVER_REGISTRY_STORE": self.plan.backend_store_uri,
                 "_MLFLOW_SERVER_ARTIFACT_ROOT": "mlflow-artifacts:/",
                 "_MLFLOW_SERVER_SERVE_ARTIFACTS": "true",
-                "_MLFLOW_SERVER_ARTIFACT_DESTINATION": self.settings.artifacts_destination,
+                "_MLFLOW_SERVER_ARTIFACT_DESTINATION": self.plan.artifacts_destination,
                 "_MLFLOW_SERVER_BOOT_ID": uuid.uuid4().hex,
                 "_MLFLOW_IN_JOB_EXECUTOR": "false",
                 "_MLFLOW_SGI_NAME": "uvicorn",
                 "MLFLOW_ENABLE_WORKSPACES": env.get("MLFLOW_ENABLE_WORKSPACES", "false"),
-                "_MLFLOW_HEROKU_DB_DESCRIPTION": self.settings.database_description,
-                "MLFLOW_HEROKU_DB_WAIT_SECONDS": str(self.settings.db_wait_seconds),
+                "_MLFLOW_HEROKU_DB_DESCRIPTION": self.plan.database_description,
+                "MLFLOW_HEROKU_DB_WAIT_SECONDS": str(self.plan.db_wait_seconds),
                 "_MLFLOW_HEROKU_MIGRATED_FLAG": str(self.migrated_flag),
                 "PYTHONPATH": os.pathsep.join(
                     filter(None, [str(RUNTIME_PACKAGE_DIR.parent), env.get("PYTHONPATH")])
@@ -190,42 +176,13 @@ class Supervisor:
     # ----------------------------------------------------------------- lifecycle
 
     def start_nginx(self) -> None:
-        htpasswd_path = self.runtime_dir / "htpasswd"
-        write_htpasswd(htpasswd_path, self.settings.username, self.settings.password)
-        worker_user = ""
-        if os.geteuid() == 0:
-            # Root (a host, never a dyno): nginx workers run as nobody and must read the
-            # htpasswd file and reach the temp dirs; nobody else may read the file.
-            import pwd
-
-            nobody = pwd.getpwnam("nobody")
-            os.chown(htpasswd_path, nobody.pw_uid, nobody.pw_gid)
-            self.runtime_dir.chmod(0o711)
-            worker_user = f"nobody {grp_name(nobody.pw_gid)}"
-        params = nginx_config.NginxParams(
-            runtime_dir=self.runtime_dir,
-            htpasswd_path=htpasswd_path,
-            port=self.settings.port,
-            mlflow_port=self.mlflow_port,
-            username=self.settings.username,
-            password=self.settings.password,
-            max_body_size=self.settings.max_body_size,
-            proxy_read_timeout=self.settings.proxy_read_timeout,
-            auth_failures_per_minute=self.settings.auth_failures_per_minute,
-            listen_address=LOOPBACK if self.settings.local else "0.0.0.0",  # noqa: S104
-            worker_user=worker_user,
-        )
-        config_path = self.runtime_dir / "nginx.conf"
-        descriptor = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(nginx_config.render(params))
         nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
         if nginx is None:
-            raise ConfigError(["nginx is not installed or not on PATH: apt-get install nginx"])
+            raise FileNotFoundError("nginx is not installed or not on PATH: apt-get install nginx")
         # -e: errors before the config is read go to stderr, not /var/log/nginx.
         self._spawn(
             "nginx",
-            [nginx, "-e", "stderr", "-p", str(self.runtime_dir), "-c", str(config_path)],
+            [nginx, "-e", "stderr", "-p", str(self.runtime_dir), "-c", self.plan.nginx_config],
             {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/bin")},
         )
 
@@ -261,19 +218,19 @@ class Supervisor:
         started = time.monotonic()
         self.start_nginx()
         deadline = time.monotonic() + 5
-        while not port_accepts(self.settings.port):
+        while not port_accepts(self.plan.port):
             self._pump(0.02)
             if self.children["nginx"].poll() is not None or time.monotonic() > deadline:
                 self._drain()
-                log(f"nginx did not start on port {self.settings.port}; see its messages above")
+                log(f"nginx did not start on port {self.plan.port}; see its messages above")
                 return self.shutdown(CHILD_FAILED_EXIT)
         log(
-            f"nginx listening on port {self.settings.port} after "
+            f"nginx listening on port {self.plan.port} after "
             f"{time.monotonic() - started:.2f} s; answering 503 until MLflow is ready"
         )
 
         env = self.child_env()
-        log(f"migrating the database ({self.settings.database_description})")
+        log(f"migrating the database ({self.plan.database_description})")
         migrate = self._spawn(
             "migrate", [sys.executable, "-m", "mlflow_heroku_runtime.migrate"], env
         )
@@ -309,7 +266,7 @@ class Supervisor:
             if not ready and mlflow_answers_health(self.mlflow_port):
                 ready = True
                 log(f"MLflow ready after {time.monotonic() - started:.1f} s")
-                if self.settings.local:
+                if self.plan.local:
                     self.announce_local()
 
     def uvicorn_argv(self) -> list[str]:
@@ -323,7 +280,7 @@ class Supervisor:
             "--port",
             str(self.mlflow_port),
             "--workers",
-            str(self.settings.workers),
+            str(self.plan.workers),
             "--timeout-graceful-shutdown",
             str(MLFLOW_GRACEFUL_SECONDS),
             "--no-access-log",  # nginx logs every request already
@@ -339,9 +296,9 @@ class Supervisor:
     def announce_local(self) -> None:
         # Deliberately not redacted: local mode prints its generated login once per start.
         print(
-            f"\nMLflow is running at http://{LOOPBACK}:{self.settings.port}\n"
-            f"  user:     {self.settings.username}\n"
-            f"  password: {self.settings.password}\n"
+            f"\nMLflow is running at http://{LOOPBACK}:{self.plan.port}\n"
+            f"  user:     {self.plan.username}\n"
+            f"  password: {self.plan.password}\n"
             "Press Ctrl-C to stop.\n",
             flush=True,
         )
@@ -390,12 +347,6 @@ def become_subreaper() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_child_subreaper, 1, 0, 0, 0)
 
 
-def grp_name(gid: int) -> str:
-    import grp
-
-    return grp.getgrgid(gid).gr_name
-
-
 def kill_tree(pid: int, include_root: bool = True) -> None:
     """SIGKILL pid's descendants (and pid), found through /proc."""
     children: dict[int, list[int]] = {}
@@ -418,68 +369,36 @@ def kill_tree(pid: int, include_root: bool = True) -> None:
             os.waitpid(member, os.WNOHANG)
 
 
-def local_password(data_dir: Path) -> str:
-    """Reuse the password of an earlier local run, or create and keep one (0600)."""
-    path = data_dir / "password"
-    if path.exists():
-        return path.read_text().strip()
-    password = generate_local_password()
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(password + "\n")
-    return password
-
-
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="entrypoint.py",
-        description="Run nginx (basic auth) in front of the MLflow tracking server. Without "
-        "--local it follows Heroku's environment contract (see docs/image.md).",
+def prepare(argv: Sequence[str]) -> tuple[int, Plan | None]:
+    """Run the ``prepare`` child; its error lines go straight to our stderr."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(RUNTIME_PACKAGE_DIR.parent), env.get("PYTHONPATH")])
     )
-    parser.add_argument(
-        "--local",
-        action="store_true",
-        help="local mode: SQLite and artifacts under --data-dir, a generated password",
+    result = subprocess.run(
+        [sys.executable, "-m", "mlflow_heroku_runtime.prepare", *argv],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        check=False,
     )
-    parser.add_argument(
-        "--port", type=int, default=LOCAL_PORT, help=f"local mode's port (default {LOCAL_PORT})"
-    )
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path(".local-data"),
-        help="local mode's data directory (default ./.local-data)",
-    )
-    return parser.parse_args(argv)
+    if result.returncode != 0:
+        return result.returncode, None
+    return 0, Plan.from_json(result.stdout.decode("utf-8"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    argument_parser().parse_args(arguments)  # --help and usage errors, before anything else
+    code, plan = prepare(arguments)
+    if plan is None:
+        if code != CONFIG_ERROR_EXIT:
+            log(f"preparing the start failed (exit {code}); see the messages above")
+        return code if code > 0 else CHILD_FAILED_EXIT
     try:
-        data_dir: Path | None = None
-        password_source = None
-        if args.local and "DYNO" not in os.environ:
-            data_dir = args.data_dir.resolve()
-            (data_dir / "artifacts").mkdir(parents=True, exist_ok=True)
-            data_dir.chmod(0o700)
-            password_source = lambda: local_password(data_dir)  # noqa: E731
-        settings = load_settings(
-            os.environ,
-            local=args.local,
-            local_port=args.port,
-            data_dir=data_dir,
-            generate_password=password_source,
-        )
-    except ConfigError as error:
-        for problem in error.problems:
-            print(f"entrypoint: configuration error: {problem}", file=sys.stderr)
-        return CONFIG_ERROR_EXIT
-    runtime_dir = Path(tempfile.mkdtemp(prefix="mlflow-heroku-"))
-    try:
-        return Supervisor(settings, runtime_dir).run()
-    except ConfigError as error:
-        for problem in error.problems:
-            print(f"entrypoint: configuration error: {problem}", file=sys.stderr)
-        return CONFIG_ERROR_EXIT
+        return Supervisor(plan).run()
+    except FileNotFoundError as error:
+        log(str(error))
+        return CHILD_FAILED_EXIT
     finally:
-        shutil.rmtree(runtime_dir, ignore_errors=True)
+        shutil.rmtree(plan.runtime_dir, ignore_errors=True)

@@ -402,3 +402,46 @@ def test_real_nginx_accepts_the_htpasswd_hashes() -> None:
             process.terminate()
             process.wait(10)
             shutil.rmtree(runtime, ignore_errors=True)
+
+
+def test_resident_supervisor_stays_light() -> None:
+    """The supervisor lives as long as the dyno: no mlflow, SQLAlchemy, jinja2 or bcrypt."""
+    import sys
+
+    from tests.support.services import ENTRYPOINT
+
+    probe = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "import mlflow_heroku_runtime.supervisor;"
+        "print(sorted({m.split('.')[0] for m in sys.modules}"
+        " & {'mlflow', 'sqlalchemy', 'jinja2', 'bcrypt', 'pandas', 'numpy'}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, str(ENTRYPOINT.parent)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.strip() == "[]"
+
+
+def test_plan_round_trips_through_json() -> None:
+    from mlflow_heroku_runtime.plan import Plan
+
+    plan = Plan(
+        runtime_dir="/tmp/x",
+        nginx_config="/tmp/x/nginx.conf",
+        port=5000,
+        mlflow_port=40000,
+        backend_store_uri="postgresql+psycopg://u:p%40ss@h/d",
+        database_description="h:5432/d",
+        artifacts_destination="s3://b/p",
+        workers=1,
+        db_wait_seconds=40,
+        local=False,
+        username="alice",
+        password='pw with "quotes" and é',
+        mlflow_env={"DO_NOT_TRACK": "true"},
+        secrets=["pw", "p@ss"],
+    )
+    assert Plan.from_json(plan.to_json()) == plan

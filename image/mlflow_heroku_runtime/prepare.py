@@ -1,0 +1,129 @@
+"""Child process run first by the supervisor: validate, write nginx's files, report the plan.
+
+``python -m mlflow_heroku_runtime.prepare [--local] [--port N] [--data-dir D]``: on bad
+configuration prints one ``entrypoint: configuration error: ...`` line per problem to stderr
+and exits 2 with nothing created. Otherwise it creates the private runtime directory with
+``nginx.conf`` and ``htpasswd`` and prints the ``Plan`` as JSON on stdout.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import nginx_config
+from .errors import ConfigError
+from .htpasswd import write_htpasswd
+from .plan import Plan, argument_parser
+from .settings import Settings, generate_local_password, load_settings
+
+LOOPBACK = "127.0.0.1"
+CONFIG_ERROR_EXIT = 2
+
+
+def free_loopback_port(avoid: int) -> int:
+    """A free port on 127.0.0.1 for MLflow, never $PORT (Heroku may hand out 5000)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind((LOOPBACK, 0))
+            port: int = sock.getsockname()[1]
+        if port != avoid:
+            return port
+
+
+def local_password(data_dir: Path) -> str:
+    """Reuse the password of an earlier local run, or create and keep one (0600)."""
+    path = data_dir / "password"
+    if path.exists():
+        return path.read_text().strip()
+    password = generate_local_password()
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(password + "\n")
+    return password
+
+
+def write_nginx_files(settings: Settings, runtime_dir: Path, mlflow_port: int) -> Path:
+    htpasswd_path = runtime_dir / "htpasswd"
+    write_htpasswd(htpasswd_path, settings.username, settings.password)
+    worker_user = ""
+    if os.geteuid() == 0:
+        # Root (a host, never a dyno): nginx workers run as nobody and must read the
+        # htpasswd file and reach the temp dirs; nobody else may read the file.
+        import grp
+        import pwd
+
+        nobody = pwd.getpwnam("nobody")
+        os.chown(htpasswd_path, nobody.pw_uid, nobody.pw_gid)
+        runtime_dir.chmod(0o711)
+        worker_user = f"nobody {grp.getgrgid(nobody.pw_gid).gr_name}"
+    params = nginx_config.NginxParams(
+        runtime_dir=runtime_dir,
+        htpasswd_path=htpasswd_path,
+        port=settings.port,
+        mlflow_port=mlflow_port,
+        username=settings.username,
+        password=settings.password,
+        max_body_size=settings.max_body_size,
+        proxy_read_timeout=settings.proxy_read_timeout,
+        auth_failures_per_minute=settings.auth_failures_per_minute,
+        listen_address=LOOPBACK if settings.local else "0.0.0.0",  # noqa: S104 (a dyno)
+        worker_user=worker_user,
+    )
+    config_path = runtime_dir / "nginx.conf"
+    descriptor = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(nginx_config.render(params))
+    return config_path
+
+
+def main(argv: Sequence[str]) -> int:
+    args = argument_parser().parse_args(argv)
+    try:
+        data_dir: Path | None = None
+        password_source = None
+        if args.local and "DYNO" not in os.environ:
+            data_dir = args.data_dir.resolve()
+            (data_dir / "artifacts").mkdir(parents=True, exist_ok=True)
+            data_dir.chmod(0o700)
+            password_source = lambda: local_password(data_dir)  # noqa: E731
+        settings = load_settings(
+            os.environ,
+            local=args.local,
+            local_port=args.port,
+            data_dir=data_dir,
+            generate_password=password_source,
+        )
+    except ConfigError as error:
+        for problem in error.problems:
+            print(f"entrypoint: configuration error: {problem}", file=sys.stderr)
+        return CONFIG_ERROR_EXIT
+    runtime_dir = Path(tempfile.mkdtemp(prefix="mlflow-heroku-"))
+    mlflow_port = free_loopback_port(settings.port)
+    config_path = write_nginx_files(settings, runtime_dir, mlflow_port)
+    plan = Plan(
+        runtime_dir=str(runtime_dir),
+        nginx_config=str(config_path),
+        port=settings.port,
+        mlflow_port=mlflow_port,
+        backend_store_uri=settings.backend_store_uri,
+        database_description=settings.database_description,
+        artifacts_destination=settings.artifacts_destination,
+        workers=settings.workers,
+        db_wait_seconds=settings.db_wait_seconds,
+        local=settings.local,
+        username=settings.username,
+        password=settings.password,
+        mlflow_env=settings.mlflow_env,
+        secrets=list(settings.secrets),
+    )
+    sys.stdout.write(plan.to_json())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
