@@ -1,16 +1,20 @@
-"""The S3 store down: artifact calls fail with a clear 5xx, tracking keeps working, and
-artifacts work again once S3 is back, without restarting the stack."""
+"""The S3 store down (refusing, or hanging): artifact calls fail with a clear 5xx in time,
+tracking keeps working, and artifacts work again once S3 is back, without a restart."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 import time
 
 import pytest
 import requests
 
-from tests.resilience.helpers import API, create_experiment
+from tests.resilience.helpers import API, create_experiment, wait_until
 from tests.support.services import (
     PostgresCluster,
+    S3Server,
     Stack,
     free_port,
     heroku_env,
@@ -21,6 +25,8 @@ from tests.support.services import (
 pytestmark = pytest.mark.integration
 
 ROUTER_TIMEOUT_SECONDS = 30  # Heroku's router drops a request without a first byte by then
+HANGING_READ_TIMEOUT = 5  # MLFLOW_HEROKU_PROXY_READ_TIMEOUT for the hanging-S3 test (default 30)
+HANGING_UPLOADS = 45  # more than the 40 threads MLflow runs its Flask app on (anyio default)
 
 
 def put_artifact(stack: Stack, artifact_uri: str, name: str, body: bytes) -> requests.Response:
@@ -87,3 +93,102 @@ def test_s3_down_fails_artifacts_cleanly_and_tracking_goes_on(postgres: Postgres
         stored = [key for key in objects if key.endswith(f"{run_id}/artifacts/after.txt")]
         assert len(stored) == 1, objects
         assert s3.read(stored[0]) == b"after"
+
+
+class BlackHole:
+    """A TCP server on loopback that accepts connections and never answers: an S3 endpoint
+    that hangs (a network partition) rather than refusing."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.server.getsockname()[1]
+        self.connections: list[socket.socket] = []
+        self.closed = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self) -> None:
+        self.server.settimeout(0.2)
+        while not self.closed.is_set():
+            with contextlib.suppress(TimeoutError, OSError):
+                connection, _ = self.server.accept()
+                self.connections.append(connection)  # held open, never read or answered
+
+    def __enter__(self) -> BlackHole:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.closed.set()
+        self.thread.join(5)
+        for connection in [*self.connections, self.server]:
+            connection.close()
+
+
+def test_s3_hanging_fails_artifacts_in_time_and_tracking_goes_on(
+    postgres: PostgresCluster, s3: S3Server
+) -> None:
+    with (
+        BlackHole() as black_hole,
+        running_stack(
+            heroku_env(
+                port=free_port(),
+                database_url=postgres.url,
+                s3=s3,
+                s3_prefix="hanging",
+                MLFLOW_S3_ENDPOINT_URL=f"http://127.0.0.1:{black_hole.port}",
+                MLFLOW_HEROKU_PROXY_READ_TIMEOUT=str(HANGING_READ_TIMEOUT),
+            ),
+            ready_timeout=90,
+        ) as stack,
+    ):
+        experiment_id = create_experiment(stack, f"s3-hanging-{time.time_ns()}")
+        created = requests.post(
+            f"{stack.url}{API}/runs/create",
+            json={"experiment_id": experiment_id},
+            auth=stack.auth,
+            timeout=30,
+        )
+        created.raise_for_status()
+        info = created.json()["run"]["info"]
+
+        answers: list[tuple[int, float]] = []
+
+        def upload() -> None:
+            began = time.monotonic()
+            reply = put_artifact(stack, info["artifact_uri"], "hung.txt", b"hung")
+            answers.append((reply.status_code, time.monotonic() - began))
+
+        uploaders = [threading.Thread(target=upload, daemon=True) for _ in range(HANGING_UPLOADS)]
+        for uploader in uploaders:
+            uploader.start()
+        # The uploads are now stuck inside MLflow waiting on S3 (measured: all 45 requests are
+        # open to uvicorn, ~6 S3 connections hang, the rest wait behind them in MLflow).
+        assert wait_until(lambda: len(black_hole.connections) >= 1, 10), "S3 was never called"
+        time.sleep(1)
+        hung_at_tracking = len(black_hole.connections)
+        # Tracking calls still get a worker while artifact calls hang.
+        for step in range(5):
+            logged = requests.post(
+                f"{stack.url}{API}/runs/log-metric",
+                json={
+                    "run_id": info["run_id"],
+                    "key": "m",
+                    "value": 1,
+                    "timestamp": 0,
+                    "step": step,
+                },
+                auth=stack.auth,
+                timeout=10,
+            )
+            assert logged.status_code == 200, logged.text[:300]
+        for uploader in uploaders:
+            uploader.join(HANGING_READ_TIMEOUT + 30)
+        print(
+            f"\n{hung_at_tracking} S3 connections hanging while tracking calls got 200; "
+            f"artifact uploads answered {sorted({status for status, _ in answers})} after "
+            f"{min(t for _, t in answers):.1f}-{max(t for _, t in answers):.1f} s"
+        )
+        assert len(answers) == HANGING_UPLOADS, "an upload never got an answer"
+        for status, took in answers:
+            assert 500 <= status < 600
+            assert took < HANGING_READ_TIMEOUT + 5, "nginx's proxy_read_timeout did not apply"
