@@ -27,6 +27,7 @@ class NginxParams:
     worker_processes: int = 1
     error_log_level: str = "warn"
     worker_user: str = ""  # only when started as root: "user group"
+    trust_forwarded_for: bool = True  # behind Heroku's router (DYNO set)
 
 
 def expected_authorization(username: str, password: str) -> str:
@@ -57,5 +58,6 @@ def render(params: NginxParams) -> str:
         worker_processes=params.worker_processes,
         error_log_level=params.error_log_level,
         worker_user=params.worker_user,
+        trust_forwarded_for=params.trust_forwarded_for,
         mime_types=MIME_TYPES,
     )

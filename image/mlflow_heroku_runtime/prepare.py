@@ -73,6 +73,7 @@ def write_nginx_files(settings: Settings, runtime_dir: Path, mlflow_port: int) -
         auth_failures_per_minute=settings.auth_failures_per_minute,
         listen_address=LOOPBACK if settings.local else "0.0.0.0",  # noqa: S104 (a dyno)
         worker_user=worker_user,
+        trust_forwarded_for=settings.behind_heroku_router,
     )
     config_path = runtime_dir / "nginx.conf"
     descriptor = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -46,6 +46,7 @@ class Settings:
     auth_failures_per_minute: int
     mlflow_env: dict[str, str] = field(default_factory=dict)  # extra env for MLflow children
     local: bool = False
+    behind_heroku_router: bool = False  # DYNO is set: X-Forwarded-For's last entry is real
     secrets: tuple[str, ...] = ()  # every secret value, for redaction of child output
 
 
@@ -307,6 +308,7 @@ def load_settings(
         auth_failures_per_minute=auth_failures,
         mlflow_env=mlflow_env,
         local=local,
+        behind_heroku_router=on_dyno,
         secrets=tuple(value for value in secret_values if value),
     )
 

@@ -514,3 +514,19 @@ def test_redactor_removes_every_secret_longest_first() -> None:
     redact = Redactor(["p@ss:word", "p%40ss%3Aword", "p@ss", "abc"])
     line = "url postgresql://u:p%40ss%3Aword@h/d and p@ss:word and p@ss, abc stays"
     assert redact(line) == "url postgresql://u:***@h/d and *** and ***, abc stays"
+
+
+def test_forwarded_for_is_trusted_only_behind_herokus_router(tmp_path: Path) -> None:
+    import dataclasses
+
+    on_dyno = nginx_config.render(_params(tmp_path))
+    assert "(?<last_entry>" in on_dyno
+    elsewhere = nginx_config.render(
+        dataclasses.replace(_params(tmp_path), trust_forwarded_for=False)
+    )
+    assert "(?<last_entry>" not in elsewhere
+    assert "map $remote_addr $client_address" in elsewhere
+    assert load_settings(GOOD_ENV).behind_heroku_router
+    assert not load_settings(
+        {k: v for k, v in GOOD_ENV.items() if k != "DYNO"}
+    ).behind_heroku_router
