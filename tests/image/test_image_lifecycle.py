@@ -139,16 +139,43 @@ def test_sigterm_to_pid1_finishes_in_flight_then_restart_keeps_data(
 
 
 def test_mlflow_death_stops_everything_as_non_root(postgres: PostgresCluster, s3: S3Server) -> None:
-    """Run as `nobody` (Heroku runs containers without root), then kill MLflow."""
-    env = heroku_env(port=free_port(), database_url=postgres.url, s3=s3)
+    """Run as `nobody` (Heroku runs containers without root) with the Host and Origin lists
+    the Pulumi program sets, then kill MLflow."""
+    app_host = "mlflow-prod-0a1b2c3d4e5f.herokuapp.com"
+    env = heroku_env(
+        port=free_port(),
+        database_url=postgres.url,
+        s3=s3,
+        MLFLOW_SERVER_ALLOWED_HOSTS=f"{app_host},mlflow.example.com",
+        MLFLOW_SERVER_CORS_ALLOWED_ORIGINS=f"https://{app_host},https://mlflow.example.com",
+    )
     stack = start_stack(env, user="nobody" if os.geteuid() == 0 else None)
     try:
-        assert (
-            requests.get(
-                f"{stack.url}{API}/experiments/search?max_results=1", auth=stack.auth, timeout=30
-            ).status_code
-            == 200
+        router = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "198.51.100.30"}
+        search = f"{stack.url}{API}/experiments/search?max_results=1"
+        for host in (app_host, "mlflow.example.com"):
+            answer = requests.get(
+                search, auth=stack.auth, headers={**router, "Host": host}, timeout=30
+            )
+            assert answer.status_code == 200, host
+        foreign_host = requests.get(
+            search, auth=stack.auth, headers={**router, "Host": "evil.example"}, timeout=30
         )
+        assert foreign_host.status_code == 403
+        assert "Invalid Host header" in foreign_host.text
+        create = f"{stack.url}/ajax-api/2.0/mlflow/experiments/create"
+        for origin, expected in (
+            ("https://mlflow.example.com", 200),
+            ("https://evil.example", 403),
+        ):
+            answer = requests.post(
+                create,
+                auth=stack.auth,
+                headers={**router, "Host": app_host, "Origin": origin},
+                json={"name": f"origin-{uuid.uuid4().hex[:8]}"},
+                timeout=30,
+            )
+            assert answer.status_code == expected, (origin, answer.text)
         if os.geteuid() == 0:
             # Everything below runuser: the entrypoint, nginx, uvicorn all run as nobody.
             uids = {
