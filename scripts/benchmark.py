@@ -558,7 +558,7 @@ def bench_stack(
         targets: list[tuple[str, str, tuple[str, str] | None]] = [
             ("nginx", f"http://127.0.0.1:{port}", auth)
         ]
-        if mlflow_port is not None and not args.only_nginx.get(stack.name, False):
+        if mlflow_port is not None:
             targets.append(("direct", f"http://127.0.0.1:{mlflow_port}", None))
         with PeakSampler(running.proc.pid) as sampler:
             for clients in args.client_counts:
@@ -800,17 +800,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if any(c < 1 for c in args.client_counts) or any(w < 1 for w in args.worker_counts):
         parser.error("--clients and --workers take positive integers")
     if args.quick:
-        args.duration = args.duration or 3.0
+        args.duration = 3.0 if args.duration is None else args.duration
         args.client_counts = [1, 16] if args.clients == "1,4,16" else args.client_counts
         args.worker_counts = []
         args.settle = min(args.settle, 2.0)
         args.rounds = min(args.rounds, 2)
     if not 1 <= args.rounds <= 20:
         parser.error("--rounds must be from 1 to 20")
-    args.duration = args.duration or 10.0
+    args.duration = 10.0 if args.duration is None else args.duration
     if not 0.5 <= args.duration <= 600:
         parser.error("--duration must be between 0.5 and 600 seconds")
-    args.only_nginx = {}
     return args
 
 
