@@ -10,11 +10,16 @@ import gc
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
-from mlflow.server.fastapi_app import app as mlflow_app
+# MLflow 3.17 itself mounts Flask through Starlette's deprecated WSGI middleware; the warning is
+# addressed to MLflow, not to whoever reads this dyno's log.
+warnings.filterwarnings("ignore", message="starlette.middleware.wsgi is deprecated")
 
-from .error_filter import ScrubDatabaseErrors
+from mlflow.server.fastapi_app import app as mlflow_app  # noqa: E402 (after the filter)
+
+from .error_filter import ScrubDatabaseErrors  # noqa: E402
 
 
 def wait_for_migration(timeout: float = 120) -> None:
@@ -31,8 +36,9 @@ def wait_for_migration(timeout: float = 120) -> None:
 
 
 def warm_up_and_freeze() -> None:
-    """Open the stores now (not on the first request) and move everything imported so far out
-    of the garbage collector's reach.
+    """Open the tracking store now (not on the first request) and move everything imported so
+    far out of the garbage collector's reach. (The model registry's store has its own engine
+    and pool; it is left to open on first use, so it holds no connection until then.)
 
     MLflow's worker holds ~325,000 long-lived objects after import; CPython's full collection
     walks all of them (~190 ms measured here) whenever enough new objects survive, which under
@@ -43,7 +49,6 @@ def warm_up_and_freeze() -> None:
         from mlflow.server import handlers
 
         handlers._get_tracking_store()
-        handlers._get_model_registry_store()
     except Exception as error:  # the first request will retry and report it
         print(f"mlflow: store warm-up failed: {type(error).__name__}", file=sys.stderr, flush=True)
     gc.collect()
