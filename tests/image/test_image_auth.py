@@ -8,7 +8,9 @@ never changes another test's answer.
 from __future__ import annotations
 
 import base64
+import gzip
 import itertools
+import re
 import socket
 import uuid
 
@@ -354,3 +356,25 @@ def test_both_login_paths_work(stack: Stack) -> None:
             timeout=10,
         )
         assert answer.status_code == 401, header
+
+
+def test_ui_assets_are_compressed(stack: Stack) -> None:
+    index = requests.get(stack.url + "/", auth=stack.auth, timeout=10)
+    scripts = re.findall(r'src="([^"]+\.js)"', index.text)
+    assert scripts, index.text[:500]
+    target = scripts[0] if scripts[0].startswith("/") else "/" + scripts[0].lstrip("./")
+    plain = requests.get(
+        stack.url + target, auth=stack.auth, headers={"Accept-Encoding": "identity"}, timeout=30
+    )
+    assert plain.status_code == 200
+    compressed = requests.get(
+        stack.url + target,
+        auth=stack.auth,
+        headers={"Accept-Encoding": "gzip"},
+        timeout=30,
+        stream=True,
+    )
+    assert compressed.headers.get("Content-Encoding") == "gzip"
+    raw = compressed.raw.read(decode_content=False)
+    assert len(raw) < len(plain.content) / 2
+    assert gzip.decompress(raw) == plain.content
