@@ -330,6 +330,14 @@ def test_rendered_config_has_what_heroku_needs(tmp_path: Path) -> None:
         line = next(line for line in text.splitlines() if line.strip().startswith(directive + " "))
         assert str(tmp_path) in line, line
     assert "keepalive 1" not in text  # no upstream keep-alive (facts.md: +40 ms delayed ACK)
+    # Slow clients: every client phase has a deadline.
+    for directive in (
+        "client_header_timeout 10s;",
+        "client_body_timeout 30s;",
+        "send_timeout 30s;",
+    ):
+        assert directive in text
+    assert "proxy_read_timeout 30s;" in text  # answer before Heroku's router gives up (30 s)
 
 
 def test_rendered_config_passes_nginx_t(tmp_path: Path) -> None:
