@@ -259,6 +259,9 @@ class Supervisor:
             failed = self.failed_child()
             if failed is not None:
                 self._drain()
+                if self.stop_signal is not None:
+                    # Heroku signalled every process and the child was quicker than us.
+                    continue
                 code = self.children[failed].returncode
                 log(f"{failed} exited unexpectedly (exit {code}); stopping the rest")
                 return self.shutdown(CHILD_FAILED_EXIT)
