@@ -478,7 +478,15 @@ def _run_filtered(status: int, chunks: list[bytes]) -> list[dict[str, object]]:
     async def receive() -> dict[str, object]:
         return {"type": "http.request", "body": b""}
 
-    asyncio.run(ScrubDatabaseErrors(fake_mlflow)({"type": "http"}, receive, send))  # type: ignore[arg-type]
+    # A private loop: asyncio.run() would leave the thread without a current loop afterwards,
+    # which breaks later tests whose libraries call asyncio.get_event_loop() (Pulumi's SDK).
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(
+            ScrubDatabaseErrors(fake_mlflow)({"type": "http"}, receive, send)  # type: ignore[arg-type]
+        )
+    finally:
+        loop.close()
     return sent
 
 
