@@ -219,6 +219,8 @@ class Stack:
     env: dict[str, str]
     database: str
     prepare: Callable[[Path, dict[str, str]], None] = lambda _dir, _env: None
+    # The recipe's artifacts go straight to S3 (clients would need AWS keys): ours only.
+    artifact_mix: bool = False
 
 
 @dataclass
@@ -244,6 +246,7 @@ class StackResult:
     idle_processes: int | None = None
     peak_pss_mb: float | None = None
     load_average: str | None = None  # 1-minute load average right after this stack's load
+    mix: dict[str, float] | None = None  # the resilience load test's mix, see run_artifact_mix
     sigterm_first_s: float | None = None
     sigterm_first_left: int | None = None
     sigterm_all_s: float | None = None
@@ -481,6 +484,50 @@ class PeakSampler:
         self.peak = max(self.peak, tree_pss_mb(self.root)[0])
 
 
+def run_artifact_mix(base: str, auth: tuple[str, str], seconds: float) -> dict[str, float]:
+    """16 real MLflow clients doing what tests/resilience/test_load.py does (log-metric, a
+    param every 10th and a small artifact upload every 25th operation) for `seconds`."""
+    from mlflow.tracking import MlflowClient
+
+    from tests.resilience.test_load import CLIENTS, ClientLog, client_loop
+
+    saved = dict(os.environ)
+    try:
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL"):
+            os.environ.pop(name, None)  # the clients get only the URL and the login
+        os.environ.update(
+            MLFLOW_TRACKING_USERNAME=auth[0],
+            MLFLOW_TRACKING_PASSWORD=auth[1],
+            MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
+            MLFLOW_HTTP_POOL_MAXSIZE=str(CLIENTS),
+        )
+        client = MlflowClient(tracking_uri=base)
+        experiment_id = client.create_experiment(f"mix-{secrets.token_hex(4)}")
+        logs = [ClientLog(client.create_run(experiment_id).info.run_id) for _ in range(CLIENTS)]
+        began = time.monotonic()
+        threads = [
+            threading.Thread(target=client_loop, args=(client, log, began + seconds), daemon=True)
+            for log in logs
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(seconds + 120)
+        elapsed = time.monotonic() - began
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    latencies = sorted(value for log in logs for value in log.latencies)
+    return {
+        "seconds": round(elapsed, 1),
+        "operations_per_second": round(len(latencies) / elapsed, 1),
+        "artifacts": sum(len(log.artifacts) for log in logs),
+        "errors": sum(len(log.errors) for log in logs),
+        "p50_ms": round(percentile(latencies, 0.50) * 1000, 1),
+        "p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
+    }
+
+
 def find_mlflow_port(running: Running, public_port: int) -> int | None:
     """MLflow's own loopback port: a listening port of the tree other than $PORT that serves
     the readiness path without auth."""
@@ -583,6 +630,11 @@ def bench_stack(
                     print(f"  {stack.name}: {path} {clients} clients: {cell}", flush=True)
         result.peak_pss_mb = sampler.peak
         result.load_average = Path("/proc/loadavg").read_text().split()[0]
+        if stack.artifact_mix and args.mix_seconds > 0:
+            with PeakSampler(running.proc.pid) as mix_sampler:
+                result.mix = run_artifact_mix(f"http://127.0.0.1:{port}", auth, args.mix_seconds)
+            result.mix["peak_pss_mb"] = round(mix_sampler.peak)
+            print(f"  {stack.name}: artifact mix: {result.mix}", flush=True)
         result.sigterm_all_s, result.sigterm_all_left = running.terminate(to_all=True)
     finally:
         running.kill_everything()
@@ -627,7 +679,13 @@ def prepare_recipe(stack_dir: Path, env: dict[str, str]) -> None:
 
 def our_stack(name: str, database: str, workers: int | None, args: argparse.Namespace) -> Stack:
     env = {} if workers is None else {args.workers_env: str(workers)}
-    return Stack(name, [sys.executable, str(REPO / "image" / "entrypoint.py")], env, database)
+    return Stack(
+        name,
+        [sys.executable, str(REPO / "image" / "entrypoint.py")],
+        env,
+        database,
+        artifact_mix=True,
+    )
 
 
 # --------------------------------------------------------------------------- report
@@ -703,6 +761,24 @@ def render(results: list[StackResult], machine: dict[str, Any], args: argparse.N
             "|---|---|---|---|---|",
             *overhead,
         ]
+    mixes = [
+        f"| {r.name} | {m['seconds']:.0f} | {m['operations_per_second']:.0f} "
+        f"| {m['artifacts']:.0f} | {m['errors']:.0f} | {m['p50_ms']:.0f} | {m['p99_ms']:.0f} "
+        f"| {m['peak_pss_mb']:.0f} |"
+        for r in results
+        if (m := r.mix) is not None
+    ]
+    if mixes:
+        lines += [
+            "",
+            "### The load test's mix (16 MLflow clients: log-metric, params, small artifacts)",
+            "",
+            "| stack | seconds | operations/s | artifacts | errors | p50 (ms) | p99 (ms) "
+            "| PSS peak (MB) |",
+            "|---|---|---|---|---|---|---|---|",
+            *mixes,
+        ]
+    lines.append("")
     for r in results:
         lines += [f"- {r.name}: {note}" for note in r.notes]
     return "\n".join(lines) + "\n"
@@ -775,6 +851,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--rounds", type=int, default=4,
         help="slices per load cell, alternating nginx and direct (default 4; --quick: 2)",
     )  # fmt: skip
+    parser.add_argument(
+        "--mix-seconds", type=float, default=20.0,
+        help="seconds of the load test's MLflow-client mix per run of our stack "
+        "(default 20; --quick: 0 = skip)",
+    )  # fmt: skip
     parser.add_argument("--no-recipe", action="store_true", help="skip the 2021 recipe")
     parser.add_argument(
         "--no-ours", action="store_true", help="skip our stack with default settings"
@@ -805,11 +886,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.worker_counts = []
         args.settle = min(args.settle, 2.0)
         args.rounds = min(args.rounds, 2)
+        args.mix_seconds = 0.0
     if not 1 <= args.rounds <= 20:
         parser.error("--rounds must be from 1 to 20")
     args.duration = 10.0 if args.duration is None else args.duration
     if not 0.5 <= args.duration <= 600:
         parser.error("--duration must be between 0.5 and 600 seconds")
+    if not 0 <= args.mix_seconds <= 600:
+        parser.error("--mix-seconds must be between 0 and 600 seconds")
     return args
 
 
