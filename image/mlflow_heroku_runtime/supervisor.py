@@ -39,6 +39,7 @@ MLFLOW_GRACEFUL_SECONDS = 6
 LOOPBACK = "127.0.0.1"
 CONFIG_ERROR_EXIT = 2
 CHILD_FAILED_EXIT = 1
+UPSTREAM_NOT_UP = b"connect() failed (111: Connection refused) while connecting to upstream"
 
 
 class Redactor:
@@ -85,6 +86,7 @@ class Supervisor:
         self.stop_signal: int | None = None
         self.mlflow_port = plan.mlflow_port
         self.migrated_flag = self.runtime_dir / "migrated"
+        self.mlflow_ready = False
 
     # ----------------------------------------------------------------- signals and output
 
@@ -135,7 +137,9 @@ class Supervisor:
                 self._emit(line)
 
     def _emit(self, line: bytes) -> None:
-        if line:
+        # Until MLflow listens, every proxied request makes nginx log a refused upstream
+        # connection; the 503 it answers is logged anyway, so those lines are only noise.
+        if line and not (self.mlflow_ready is False and UPSTREAM_NOT_UP in line):
             text = self.redact(line.decode("utf-8", errors="replace"))
             sys.stdout.write(text + "\n")
             sys.stdout.flush()
@@ -267,7 +271,7 @@ class Supervisor:
                 return self.shutdown(CHILD_FAILED_EXIT)
             self._pump(0.1 if ready else 0.05)
             if not ready and mlflow_answers_health(self.mlflow_port):
-                ready = True
+                ready = self.mlflow_ready = True
                 log(f"MLflow ready after {time.monotonic() - started:.1f} s")
                 if self.plan.local:
                     self.announce_local()
