@@ -34,8 +34,8 @@ def to_sqlalchemy_url(raw: str, variable: str = "DATABASE_URL") -> URL:
         raise ValueError(f"{variable} is empty: {hint}")
     try:
         url = make_url(raw.strip())
-    except ArgumentError:
-        raise ValueError(f"{variable} is not a database URL: {hint}") from None
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        raise ValueError(f"{variable} is not a database URL (check the port): {hint}") from None
     if url.drivername not in ACCEPTED_SCHEMES:
         # The scheme holds no secret, so it is safe to name.
         raise ValueError(
@@ -44,6 +44,9 @@ def to_sqlalchemy_url(raw: str, variable: str = "DATABASE_URL") -> URL:
     host = url.host
     if not host:
         raise ValueError(f"{variable} has no host: {hint}")
+    if "@" in host:
+        # An unencoded '@' in the password moves the rest of it into the host name.
+        raise ValueError(f"{variable} has an unencoded '@': URL-encode the password (@ is %40)")
     if not url.database:
         raise ValueError(f"{variable} has no database name: {hint}")
     if url.port is not None and not 0 < url.port < 65536:

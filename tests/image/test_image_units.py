@@ -68,6 +68,10 @@ URL_TABLE = [
         "postgresql+psycopg://u:pw@h.example/d?sslmode=require",
     ),
     ("  postgres://u:pw@h.example/d \n", "postgresql+psycopg://u:pw@h.example/d?sslmode=require"),
+    (  # an '@' in the query is not the password's
+        "postgres://u:pw@h.example/d?application_name=a@b",
+        "postgresql+psycopg://u:pw@h.example/d?application_name=a%40b&sslmode=require",
+    ),
 ]
 
 
@@ -93,6 +97,9 @@ def test_database_url_keeps_the_decoded_password() -> None:
         ("postgres://u:pw@/d", "has no host"),
         ("postgres://u:pw@h.example:5432", "has no database name"),
         ("postgres://u:secretpw@h.example:99999/d", "invalid port"),
+        ("postgres://u:secretpw@h.example:abc/d", "not a database URL (check the port)"),
+        ("postgres://u:secretpw@[::1/d", "not a database URL"),
+        ("postgres://u:secret@pw@h.example/d", "unencoded '@': URL-encode the password"),
     ],
 )
 def test_bad_database_urls_are_named_without_the_secret(raw: str, problem: str) -> None:
