@@ -105,8 +105,12 @@ class _Collector:
 
 
 def _parse_s3_uri(collector: _Collector, raw: str) -> str:
-    parsed = urllib.parse.urlsplit(raw.strip())
     hint = "set S3_URI to s3://BUCKET or s3://BUCKET/PREFIX"
+    try:
+        parsed = urllib.parse.urlsplit(raw.strip())
+    except ValueError:  # e.g. an unbalanced '[' in the host part
+        collector.problem(f"S3_URI is not a URL: {hint}")
+        return raw.strip()
     if parsed.scheme != "s3":
         collector.problem(f"S3_URI must start with s3://: {hint}")
     elif not S3_BUCKET.match(parsed.netloc or ""):
@@ -218,8 +222,13 @@ def load_settings(
             collector.problem(f"{name} must look like eu-west-1 (an AWS region name)")
     endpoint = environ.get("MLFLOW_S3_ENDPOINT_URL")
     if endpoint is not None:
-        parsed = urllib.parse.urlsplit(endpoint)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        try:
+            parsed = urllib.parse.urlsplit(endpoint)
+            valid = parsed.scheme in ("http", "https") and bool(parsed.hostname)
+            _port = parsed.port  # raises ValueError when it is not a number
+        except ValueError:
+            valid = False
+        if not valid:
             collector.problem("MLFLOW_S3_ENDPOINT_URL must be an http(s)://HOST[:PORT] URL")
 
     # Login

@@ -168,6 +168,9 @@ REMOVED_OR_BAD = [
     ("AWS_DEFAULT_REGION", "Europe", "AWS_DEFAULT_REGION must look like eu-west-1"),
     ("AWS_REGION", "eu_west_1", "AWS_REGION must look like eu-west-1"),
     ("MLFLOW_S3_ENDPOINT_URL", "localhost:9000", "MLFLOW_S3_ENDPOINT_URL must be an http(s)"),
+    ("MLFLOW_S3_ENDPOINT_URL", "http://[::1", "MLFLOW_S3_ENDPOINT_URL must be an http(s)"),
+    ("MLFLOW_S3_ENDPOINT_URL", "http://h:port", "MLFLOW_S3_ENDPOINT_URL must be an http(s)"),
+    ("S3_URI", "s3://[bucket/x", "S3_URI is not a URL"),
     ("WEB_CONCURRENCY", "0", "WEB_CONCURRENCY must be from 1 to 16"),
     ("WEB_CONCURRENCY", "two", "WEB_CONCURRENCY must be a whole number"),
     ("MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", "0", "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE must be from 1"),
@@ -229,14 +232,42 @@ def test_local_mode_uses_embedded_defaults(tmp_path: Path) -> None:
     assert "MLFLOW_SERVER_ALLOWED_HOSTS" not in loaded.mlflow_env  # MLflow's localhost default
 
 
+URL_PIECES = [
+    "postgres://",
+    "s3://",
+    "http://",
+    "u",
+    ":",
+    "@",
+    "%40",
+    "%zz",
+    "[",
+    "]",
+    "::1",
+    "h.example",
+    "/",
+    "d",
+    "?",
+    "sslmode=",
+    "&",
+    "5432",
+    "port",
+    "bucket",
+    " ",
+    "é",
+]
 KNOWN_VARIABLES = sorted({name for name, _value, _message in REMOVED_OR_BAD})
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(
     changes=st.dictionaries(
         st.sampled_from(KNOWN_VARIABLES),
-        st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=40),
+        st.one_of(
+            st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=40),
+            # URL-shaped values reach the parsers' corners (brackets, ports, '@', escapes).
+            st.lists(st.sampled_from(URL_PIECES), max_size=12).map("".join),
+        ),
         max_size=4,
     )
 )
