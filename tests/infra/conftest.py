@@ -8,10 +8,11 @@ loop; `ProgramRun.resolved` counts them so a test can prove nothing was skipped.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import importlib.util
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -236,6 +237,8 @@ def run_program(
     program: Callable[[], dict[str, pulumi.Output[Any]]] | None = None,
     monitor: RecordingMonitor | None = None,
 ) -> ProgramRun:
+    # Module-scoped fixtures call this before any function-scoped fixture: give it its own loop.
+    asyncio.set_event_loop(asyncio.new_event_loop())
     monitor = monitor or RecordingMonitor(HerokuAwsMocks(preview))
     # A fresh root Stack resource, so this run's resources hang under this run's stack name.
     pulumi.runtime.settings.ROOT.set(None)
@@ -258,8 +261,6 @@ def run_program(
                 run.unknown_outputs.add(name)
             run.resolved += 1
 
-        import asyncio
-
         return pulumi.Output.from_input(
             asyncio.ensure_future(
                 asyncio.gather(*(resolve(name, out) for name, out in outputs.items()))
@@ -269,6 +270,21 @@ def run_program(
     drive()
     run.by_urn = {r.urn: r for r in run.registrations}
     return run
+
+
+@pytest.fixture(autouse=True)
+def current_event_loop() -> Iterator[None]:
+    """Gives every test here a current event loop. Pulumi's SDK calls asyncio.get_event_loop(),
+    which raises on Python 3.11 once any earlier test in the session ran asyncio.run() (it leaves
+    the main thread with no current loop): without this, these tests pass alone and fail in the
+    whole suite."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
 
 
 @pytest.fixture(scope="session")
