@@ -12,10 +12,16 @@ also when the body raises:
   ``.stop()`` / ``.start()`` (moto keeps data in memory: a restart empties the bucket).
 - ``heroku_env(...)``: the environment a dyno would give the entrypoint.
 - ``running_stack(env)`` -> ``Stack``: ``python image/entrypoint.py`` as a subprocess in its
-  own process group, waited on until ``GET /health`` answers 200; ``.url``, ``.auth``,
-  ``.process``, ``.output()``, ``.stop()``. ``start_stack(env, wait_ready=False)`` gives the
-  same object without waiting (for tests of failing starts); call ``.stop()`` yourself.
-- ``tree_pss_mb(pid)``: proportional set size of a process and all its descendants.
+  own process group, waited on until ``GET /health`` answers 200; ``.url``, ``.auth`` (for
+  requests' ``auth=``, UTF-8 like MLflow's client), ``.process``, ``.output()``, ``.stop()``.
+  ``start_stack(env, wait_ready=False)`` gives the same object without waiting (for tests of
+  failing starts); call ``.stop()`` yourself. ``user="nobody"`` runs it as that user (as root);
+  ``args=["--local", "--port", N], port=N`` runs local mode.
+- ``wait_for_port(port, timeout)``, ``descendants(pid)``, ``tree_pss_mb(pid)``: waiting for a
+  listener, a process tree, and the proportional set size of a process and its descendants.
+
+Failed logins count against nginx's per-client rate limit (the shared test stack allows 120 a
+minute): send a distinct ``X-Forwarded-For`` with deliberate unauthenticated probes.
 """
 
 from __future__ import annotations
