@@ -346,6 +346,7 @@ class Stack:
     process: subprocess.Popen[bytes]
     _output_path: Path
     _output_file: IO[bytes] = field(repr=False)
+    _saved_output: str | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -358,7 +359,10 @@ class Stack:
         return requests.auth.HTTPBasicAuth(self.username.encode(), self.password.encode())
 
     def output(self) -> str:
-        """Everything the entrypoint and its children wrote so far (stdout + stderr)."""
+        """Everything the entrypoint and its children wrote so far (stdout + stderr);
+        still available after ``stop()``."""
+        if self._saved_output is not None:
+            return self._saved_output
         return self._output_path.read_bytes().decode("utf-8", errors="replace")
 
     def wait_ready(self, timeout: float = 60) -> float:
@@ -385,6 +389,10 @@ class Stack:
         code = _stop_process_group(self.process, grace)
         with contextlib.suppress(OSError):
             self._output_file.close()
+        if self._saved_output is None:
+            with contextlib.suppress(OSError):
+                self._saved_output = self.output()
+            shutil.rmtree(self._output_path.parent, ignore_errors=True)
         return code
 
 
