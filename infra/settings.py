@@ -65,6 +65,16 @@ RETIRED_POSTGRES_PLANS: Final = ("hobby-dev", "hobby-basic", "mini", "basic")
 
 # Connections kept free for migrations at boot, `heroku pg:psql` and Heroku's own monitoring.
 DB_CONNECTION_MARGIN: Final = 3
+# Each MLflow worker keeps two SQLAlchemy engines, each with its own pool of the configured size:
+# the tracking store's and the model registry's (mlflow/store/*/sqlalchemy_store.py).
+DB_POOLS_PER_WORKER: Final = 2
+
+
+def db_connections_needed(dyno_count: int, workers: int, pool_size: int, max_overflow: int) -> int:
+    """Most connections the dynos can open at once, plus the margin."""
+    per_worker = DB_POOLS_PER_WORKER * (pool_size + max_overflow)
+    return dyno_count * workers * per_worker + DB_CONNECTION_MARGIN
+
 
 # Dyno sizes: memory in MB and the most dynos of one process type Heroku allows for the size.
 DYNO_MEMORY_MB: Final[Mapping[str, int]] = {
@@ -133,8 +143,9 @@ class Settings:
     @property
     def db_connections_needed(self) -> int:
         """Most connections the dynos can open at once, plus the margin."""
-        per_worker = self.db_pool_size + self.db_max_overflow
-        return self.dyno_count * self.mlflow_workers * per_worker + DB_CONNECTION_MARGIN
+        return db_connections_needed(
+            self.dyno_count, self.mlflow_workers, self.db_pool_size, self.db_max_overflow
+        )
 
 
 class _Reader:
@@ -446,12 +457,14 @@ def load(
 
     if postgres_plan in POSTGRES_CONNECTION_LIMITS:
         limit = POSTGRES_CONNECTION_LIMITS[postgres_plan]
-        needed = dyno_count * workers * (pool_size + max_overflow) + DB_CONNECTION_MARGIN
+        needed = db_connections_needed(dyno_count, workers, pool_size, max_overflow)
         if needed > limit:
-            most = math.floor((limit - DB_CONNECTION_MARGIN) / (dyno_count * workers))
+            pools = dyno_count * workers * DB_POOLS_PER_WORKER
+            most = math.floor((limit - DB_CONNECTION_MARGIN) / pools)
             reader.fail(
                 "dbPoolSize",
-                f"dynoCount {dyno_count} x mlflowWorkers {workers} x (dbPoolSize {pool_size} + "
+                f"dynoCount {dyno_count} x mlflowWorkers {workers} x {DB_POOLS_PER_WORKER} pools "
+                f"(tracking, model registry) x (dbPoolSize {pool_size} + "
                 f"dbMaxOverflow {max_overflow}) + {DB_CONNECTION_MARGIN} spare = {needed} "
                 f"connections, more than {postgres_plan}'s limit of {limit}; lower dbPoolSize + "
                 f"dbMaxOverflow to at most {max(most, 0)} in total, or choose a larger "

@@ -86,7 +86,7 @@ def test_values_are_parsed() -> None:
     assert loaded.bucket_versioning is True
     assert loaded.custom_domains == ("mlflow.example.com", "ml.example.org")
     assert loaded.bucket_name == "acme-artifacts"
-    assert loaded.db_connections_needed == 3 * 2 * (2 + 2) + stack_settings.DB_CONNECTION_MARGIN
+    assert loaded.db_connections_needed == 3 * 2 * 2 * (2 + 2) + stack_settings.DB_CONNECTION_MARGIN
 
 
 def test_api_key_may_come_from_the_environment() -> None:
@@ -115,7 +115,7 @@ BAD_VALUES = [
     ("mlflowWorkers", "17", "17 is out of range; allowed: 1 to 16"),
     ("dbPoolSize", "0", "mlflow-heroku:dbPoolSize: 0 is out of range; allowed: 1 to 50"),
     ("dbMaxOverflow", "0", "mlflow-heroku:dbMaxOverflow: 0 is out of range; allowed: 1 to 50"),
-    ("dbPoolSize", "16", "= 21 connections, more than essential-0's limit of 20"),
+    ("dbPoolSize", "8", "= 23 connections, more than essential-0's limit of 20"),
     ("maxBodySize", "100m", "'100m' is too small; allowed: 1g or more"),
     ("maxBodySize", "5 GB", "'5 GB' is not an nginx size"),
     ("loginUser", "ml:flow", "'ml:flow' must not contain ':'"),
@@ -187,12 +187,13 @@ def test_secret_values_are_refused_in_plain_text_and_never_echoed() -> None:
 
 
 def test_connection_limit_counts_every_worker_of_every_dyno() -> None:
-    # 2 dynos x 2 workers x (2 + 2) + 3 = 19 fits essential-0's 20; 3 dynos do not.
-    fits = {"dynoSize": "standard-1x", "dynoCount": "2", "mlflowWorkers": "2"}
+    # 1 dyno x 2 workers x 2 pools x (2 + 2) + 3 = 19 fits essential-0's 20; 2 dynos do not.
+    fits = {"dynoSize": "standard-1x", "dynoCount": "1", "mlflowWorkers": "2"}
     assert load_config(fits).db_connections_needed == 19
-    text = problem({**fits, "dynoCount": "3"})
-    assert "= 27 connections, more than essential-0's limit of 20" in text
-    assert load_config({**fits, "dynoCount": "3", "postgresPlan": "standard-0"}).dyno_count == 3
+    text = problem({**fits, "dynoCount": "2"})
+    assert "= 35 connections, more than essential-0's limit of 20" in text
+    assert "2 pools (tracking, model registry)" in text
+    assert load_config({**fits, "dynoCount": "2", "postgresPlan": "standard-0"}).dyno_count == 2
 
 
 def test_stack_files_are_valid_and_hold_no_secrets() -> None:
