@@ -196,6 +196,41 @@ class PeakPss:
         self._thread.join(10)
 
 
+class PeakConnections:
+    """Samples how many connections the stack holds to its database every 0.25 s (our own
+    sampling connection excluded); keeps the peak."""
+
+    def __init__(self, postgres: PostgresCluster) -> None:
+        self.postgres = postgres
+        self.peak = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        with psycopg.connect(
+            host="127.0.0.1",
+            port=self.postgres.port,
+            user=self.postgres.user,
+            password=self.postgres.password,
+            dbname=self.postgres.database,
+            autocommit=True,
+        ) as connection:
+            while not self._done.wait(0.25):
+                row = connection.execute(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                ).fetchone()
+                self.peak = max(self.peak, int(row[0]) if row else 0)
+
+    def __enter__(self) -> PeakConnections:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._done.set()
+        self._thread.join(10)
+
+
 def percentile_ms(latencies: list[float], fraction: float) -> float:
     if not latencies:
         return float("nan")

@@ -18,14 +18,15 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.resilience.helpers import PeakPss, percentile_ms, server_errors
-from tests.support.services import REPO_ROOT, S3Server, Stack
+from tests.resilience.helpers import PeakConnections, PeakPss, percentile_ms, server_errors
+from tests.support.services import REPO_ROOT, PostgresCluster, S3Server, Stack
 
 CLIENTS = 16
 LOAD_SECONDS = float(os.environ.get("MLFLOW_HEROKU_LOAD_SECONDS", "15"))
 PARAM_EVERY = 10  # every 10th operation of a client also logs a param
 ARTIFACT_EVERY = 25  # and every 25th a small text artifact
 PSS_LIMIT_MB = 512  # the dyno's memory
+DB_CONNECTION_BUDGET = 10  # half of Heroku Postgres essential-0's 20 connections
 REPORT = REPO_ROOT / "test-artifacts" / "resilience-load.json"
 
 pytestmark = pytest.mark.integration
@@ -63,7 +64,7 @@ def client_loop(client: MlflowClient, log: ClientLog, stop_at: float) -> None:
 
 
 def test_16_clients_lose_nothing(
-    stack: Stack, s3: S3Server, monkeypatch: pytest.MonkeyPatch
+    stack: Stack, s3: S3Server, postgres: PostgresCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The clients get only the URL and the login: no AWS keys, and no client-side retries
     # that could hide a 5xx from the count.
@@ -78,7 +79,7 @@ def test_16_clients_lose_nothing(
     logs = [ClientLog(client.create_run(experiment_id).info.run_id) for _ in range(CLIENTS)]
     output_before = len(stack.output())
 
-    with PeakPss(stack.process.pid) as pss:
+    with PeakPss(stack.process.pid) as pss, PeakConnections(postgres) as connections:
         began = time.monotonic()
         stop_at = began + LOAD_SECONDS
         threads = [
@@ -105,6 +106,7 @@ def test_16_clients_lose_nothing(
         "p50_ms": round(percentile_ms(latencies, 0.50), 1),
         "p99_ms": round(percentile_ms(latencies, 0.99), 1),
         "peak_pss_mb": round(pss.peak_mb),
+        "peak_db_connections": connections.peak,
         "errors": [error for log in logs for error in log.errors][:20],
     }
     REPORT.parent.mkdir(exist_ok=True)
@@ -137,3 +139,6 @@ def test_16_clients_lose_nothing(
             assert s3.read(stored[name]).decode() == content
 
     assert pss.peak_mb < PSS_LIMIT_MB, f"peak PSS {pss.peak_mb:.0f} MB on a 512 MB dyno"
+    # Heroku Postgres essential-0 allows 20 connections; a dyno must leave room for a second
+    # dyno and one-off tools (heroku pg:psql), so one dyno under full load stays at half.
+    assert 0 < connections.peak <= DB_CONNECTION_BUDGET, f"{connections.peak} DB connections"
