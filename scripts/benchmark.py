@@ -574,6 +574,7 @@ def bench_stack(
         DO_NOT_TRACK="true",
         BENCH_WORKDIR=str(stack_dir),
         DYNO="web.1",  # as on Heroku (the recipe ignores it)
+        MLFLOW_HEROKU_LISTEN_ADDRESS="127.0.0.1",  # but on loopback only
     )
     env.update(stack.env)
     stack.prepare(stack_dir, env)

@@ -71,7 +71,7 @@ def write_nginx_files(settings: Settings, runtime_dir: Path, mlflow_port: int) -
         max_body_size=settings.max_body_size,
         proxy_read_timeout=settings.proxy_read_timeout,
         auth_failures_per_minute=settings.auth_failures_per_minute,
-        listen_address=LOOPBACK if settings.local else "0.0.0.0",  # noqa: S104 (a dyno)
+        listen_address=settings.listen_address,
         worker_user=worker_user,
         trust_forwarded_for=settings.behind_heroku_router,
     )

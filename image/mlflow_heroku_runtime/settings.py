@@ -6,6 +6,7 @@ one line per bad variable (naming it and the fix, never echoing a secret).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import secrets
 import urllib.parse
@@ -44,6 +45,7 @@ class Settings:
     max_body_size: str
     proxy_read_timeout: int
     auth_failures_per_minute: int
+    listen_address: str  # where nginx binds $PORT: all interfaces on a dyno, loopback locally
     mlflow_env: dict[str, str] = field(default_factory=dict)  # extra env for MLflow children
     local: bool = False
     behind_heroku_router: bool = False  # DYNO is set: X-Forwarded-For's last entry is real
@@ -118,6 +120,21 @@ def _parse_s3_uri(collector: _Collector, raw: str) -> str:
     elif parsed.query or parsed.fragment:
         collector.problem(f"S3_URI must not have a query or fragment: {hint}")
     return raw.strip().rstrip("/")
+
+
+def _listen_address(collector: _Collector, environ: Mapping[str, str], local: bool) -> str:
+    """Heroku's router reaches the dyno on any interface, so a dyno listens on all of them;
+    tests, benchmarks and local mode keep nginx on loopback."""
+    name = "MLFLOW_HEROKU_LISTEN_ADDRESS"
+    default = "127.0.0.1" if local else "0.0.0.0"  # noqa: S104 (a dyno must listen on all)
+    raw = environ.get(name, default).strip()
+    try:
+        address = ipaddress.ip_address(raw)
+    except ValueError:
+        collector.problem(f"{name} must be an IP address such as 0.0.0.0 or 127.0.0.1")
+        return default
+    # nginx wants IPv6 addresses in brackets: listen [::1]:8080.
+    return f"[{address}]" if address.version == 6 else str(address)
 
 
 def _check_text(collector: _Collector, name: str, value: str) -> None:
@@ -274,6 +291,7 @@ def load_settings(
     )
     proxy_read_timeout = collector.integer("MLFLOW_HEROKU_PROXY_READ_TIMEOUT", 5, 600)
     auth_failures = collector.integer("MLFLOW_HEROKU_AUTH_FAILURES_PER_MINUTE", 1, 6000)
+    listen_address = _listen_address(collector, environ, local)
 
     for name in ("MLFLOW_SERVER_ALLOWED_HOSTS", "MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"):
         value = environ.get(name)
@@ -315,6 +333,7 @@ def load_settings(
         max_body_size=max_body_size,
         proxy_read_timeout=proxy_read_timeout,
         auth_failures_per_minute=auth_failures,
+        listen_address=listen_address,
         mlflow_env=mlflow_env,
         local=local,
         behind_heroku_router=on_dyno,

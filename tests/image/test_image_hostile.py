@@ -110,3 +110,23 @@ def test_no_secret_in_the_logs(stack: Stack, postgres: PostgresCluster, s3: S3Se
     ):
         assert secret not in output
     assert "Authorization" not in output
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local addresses (hex, as /proc/net/tcp* shows them) of sockets listening on port."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as handle:
+            next(handle)
+            for line in handle:
+                local, state = line.split()[1], line.split()[3]
+                address, port_hex = local.split(":")
+                if state == "0A" and int(port_hex, 16) == port:  # 0A = LISTEN
+                    found.add(address)
+    return found
+
+
+def test_tests_keep_nginx_and_mlflow_on_loopback(stack: Stack) -> None:
+    # heroku_env sets MLFLOW_HEROKU_LISTEN_ADDRESS=127.0.0.1: nothing the tests start may be
+    # reachable from outside this machine, although DYNO is set (a dyno listens on 0.0.0.0).
+    assert _listening_addresses(stack.port) == {"0100007F"}  # 127.0.0.1, nothing else

@@ -179,6 +179,7 @@ REMOVED_OR_BAD = [
     ("MLFLOW_HEROKU_MAX_BODY_SIZE", "lots", "MLFLOW_HEROKU_MAX_BODY_SIZE must be a size"),
     ("MLFLOW_HEROKU_MAX_BODY_SIZE", "100m", "MLFLOW_HEROKU_MAX_BODY_SIZE must be at least 1g"),
     ("MLFLOW_HEROKU_PROXY_READ_TIMEOUT", "1", "MLFLOW_HEROKU_PROXY_READ_TIMEOUT must be from 5"),
+    ("MLFLOW_HEROKU_LISTEN_ADDRESS", "localhost", "MLFLOW_HEROKU_LISTEN_ADDRESS must be an IP"),
     ("MLFLOW_HEROKU_AUTH_FAILURES_PER_MINUTE", "0", "MLFLOW_HEROKU_AUTH_FAILURES_PER_MINUTE"),
     ("MLFLOW_SERVER_ALLOWED_HOSTS", "a.example,,b", "MLFLOW_SERVER_ALLOWED_HOSTS must be a comma"),
     ("MLFLOW_SERVER_CORS_ALLOWED_ORIGINS", " ", "MLFLOW_SERVER_CORS_ALLOWED_ORIGINS must be"),
@@ -200,6 +201,14 @@ def test_each_bad_variable_has_its_own_message(name: str, value: str | None, mes
     assert message in raised.value.problems[0]
     for secret in SECRETS:
         assert secret not in str(raised.value)
+
+
+def test_listen_address_is_all_interfaces_on_a_dyno_unless_set() -> None:
+    assert load_settings(GOOD_ENV).listen_address == "0.0.0.0"  # noqa: S104 (the dyno default)
+    loopback = {**GOOD_ENV, "MLFLOW_HEROKU_LISTEN_ADDRESS": "127.0.0.1"}
+    assert load_settings(loopback).listen_address == "127.0.0.1"
+    ipv6 = {**GOOD_ENV, "MLFLOW_HEROKU_LISTEN_ADDRESS": "::1"}
+    assert load_settings(ipv6).listen_address == "[::1]"
 
 
 def test_all_problems_are_reported_at_once() -> None:

@@ -304,6 +304,8 @@ def heroku_env(
     """
     env = {
         "PORT": str(port),
+        # A dyno listens on all interfaces; tests stay on loopback.
+        "MLFLOW_HEROKU_LISTEN_ADDRESS": "127.0.0.1",
         "MLFLOW_TRACKING_USERNAME": username,
         "MLFLOW_TRACKING_PASSWORD": password,
     }
