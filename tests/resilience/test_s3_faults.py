@@ -152,11 +152,14 @@ def test_s3_hanging_fails_artifacts_in_time_and_tracking_goes_on(
         info = created.json()["run"]["info"]
 
         answers: list[tuple[int, float]] = []
+        timeout_bodies: list[str] = []
 
         def upload() -> None:
             began = time.monotonic()
             reply = put_artifact(stack, info["artifact_uri"], "hung.txt", b"hung")
             answers.append((reply.status_code, time.monotonic() - began))
+            if reply.status_code == 504:
+                timeout_bodies.append(reply.text)
 
         uploaders = [threading.Thread(target=upload, daemon=True) for _ in range(HANGING_UPLOADS)]
         for uploader in uploaders:
@@ -192,3 +195,7 @@ def test_s3_hanging_fails_artifacts_in_time_and_tracking_goes_on(
         for status, took in answers:
             assert 500 <= status < 600
             assert took < HANGING_READ_TIMEOUT + 5, "nginx's proxy_read_timeout did not apply"
+        # nginx's read timeout says what happened, not "starting or unavailable".
+        assert timeout_bodies, "no upload was cut by nginx's read timeout"
+        for body in timeout_bodies:
+            assert "MLFLOW_HEROKU_PROXY_READ_TIMEOUT" in body, body
