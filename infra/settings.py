@@ -90,8 +90,9 @@ DYNO_MEMORY_MB: Final[Mapping[str, int]] = {
 }
 SINGLE_DYNO_SIZES: Final = ("eco", "basic")
 MAX_DYNO_COUNT: Final = 100
-# Measured (docs/deploy.md): one MLflow uvicorn worker is ~210 MB PSS, the rest of the dyno ~60 MB.
-WORKER_MEMORY_MB: Final = 210
+# Measured (docs/benchmark.md): one MLflow uvicorn worker is ~210 MB PSS idle and ~300 MB at the
+# peak of 16 clients uploading artifacts (2 workers peaked at 632 MB); the rest of the dyno ~60 MB.
+WORKER_MEMORY_MB: Final = 300
 BASE_MEMORY_MB: Final = 60
 
 _APP_NAME = re.compile(r"[a-z][a-z0-9-]{2,29}")

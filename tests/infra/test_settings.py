@@ -111,7 +111,7 @@ BAD_VALUES = [
     ("dynoCount", "0", "mlflow-heroku:dynoCount: 0 is out of range; allowed: 1 to 100"),
     ("dynoCount", "two", "'two' is not a whole number; allowed: 1 to 100"),
     ("dynoCount", "2", "Heroku runs at most 1 basic dyno per process type"),
-    ("mlflowWorkers", "3", "3 workers need about 690 MB, more than a basic dyno's 512 MB"),
+    ("mlflowWorkers", "2", "2 workers need about 660 MB, more than a basic dyno's 512 MB"),
     ("mlflowWorkers", "17", "17 is out of range; allowed: 1 to 16"),
     ("dbPoolSize", "0", "mlflow-heroku:dbPoolSize: 0 is out of range; allowed: 1 to 50"),
     ("dbMaxOverflow", "0", "mlflow-heroku:dbMaxOverflow: 0 is out of range; allowed: 1 to 50"),
@@ -188,7 +188,7 @@ def test_secret_values_are_refused_in_plain_text_and_never_echoed() -> None:
 
 def test_connection_limit_counts_every_worker_of_every_dyno() -> None:
     # 1 dyno x 2 workers x 2 pools x (2 + 2) + 3 = 19 fits essential-0's 20; 2 dynos do not.
-    fits = {"dynoSize": "standard-1x", "dynoCount": "1", "mlflowWorkers": "2"}
+    fits = {"dynoSize": "standard-2x", "dynoCount": "1", "mlflowWorkers": "2"}
     assert load_config(fits).db_connections_needed == 19
     text = problem({**fits, "dynoCount": "2"})
     assert "= 35 connections, more than essential-0's limit of 20" in text
