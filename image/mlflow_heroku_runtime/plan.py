@@ -30,6 +30,7 @@ class Plan:
     username: str
     password: str
     mlflow_env: dict[str, str] = field(default_factory=dict)
+    nginx_preload: str | None = None  # LD_PRELOAD library: nginx stops gracefully on SIGTERM
     secrets: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:

@@ -120,6 +120,7 @@ def main(argv: Sequence[str]) -> int:
         username=settings.username,
         password=settings.password,
         mlflow_env=settings.mlflow_env,
+        nginx_preload=settings.nginx_preload,
         secrets=list(settings.secrets),
     )
     sys.stdout.write(plan.to_json())

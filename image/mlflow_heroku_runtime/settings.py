@@ -26,6 +26,9 @@ AWS_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 NGINX_SIZE = re.compile(r"^(\d+)([kKmMgG]?)$")
 SIZE_FACTORS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 ONE_GB = 1024**3
+# Where the image puts the LD_PRELOAD library that makes nginx stop gracefully on SIGTERM
+# (image/nginx_graceful_term.c; MLFLOW_HEROKU_NGINX_PRELOAD overrides it).
+DEFAULT_NGINX_PRELOAD = Path("/usr/local/lib/mlflow-heroku/nginx_graceful_term.so")
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class Settings:
     proxy_read_timeout: int
     auth_failures_per_minute: int
     listen_address: str  # where nginx binds $PORT: all interfaces on a dyno, loopback locally
+    nginx_preload: str | None = None  # LD_PRELOAD for nginx (graceful SIGTERM), if present
     mlflow_env: dict[str, str] = field(default_factory=dict)  # extra env for MLflow children
     local: bool = False
     behind_heroku_router: bool = False  # DYNO is set: X-Forwarded-For's last entry is real
@@ -135,6 +139,23 @@ def _listen_address(collector: _Collector, environ: Mapping[str, str], local: bo
         return default
     # nginx wants IPv6 addresses in brackets: listen [::1]:8080.
     return f"[{address}]" if address.version == 6 else str(address)
+
+
+def _nginx_preload(collector: _Collector, environ: Mapping[str, str]) -> str | None:
+    """The graceful-SIGTERM library for nginx: the variable's file (which must exist),
+    else the image's default path if present, else None (the supervisor warns)."""
+    name = "MLFLOW_HEROKU_NGINX_PRELOAD"
+    raw = environ.get(name)
+    if raw is None:
+        return str(DEFAULT_NGINX_PRELOAD) if DEFAULT_NGINX_PRELOAD.is_file() else None
+    path = Path(raw.strip())
+    if not raw.strip() or not path.is_absolute() or not path.is_file():
+        collector.problem(
+            f"{name} must be the absolute path of an existing file (nginx_graceful_term.so, "
+            f"built from image/nginx_graceful_term.c); unset it to use {DEFAULT_NGINX_PRELOAD}"
+        )
+        return None
+    return str(path)
 
 
 def _check_text(collector: _Collector, name: str, value: str) -> None:
@@ -292,6 +313,7 @@ def load_settings(
     proxy_read_timeout = collector.integer("MLFLOW_HEROKU_PROXY_READ_TIMEOUT", 5, 600)
     auth_failures = collector.integer("MLFLOW_HEROKU_AUTH_FAILURES_PER_MINUTE", 1, 6000)
     listen_address = _listen_address(collector, environ, local)
+    nginx_preload = _nginx_preload(collector, environ)
 
     for name in ("MLFLOW_SERVER_ALLOWED_HOSTS", "MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"):
         value = environ.get(name)
@@ -334,6 +356,7 @@ def load_settings(
         proxy_read_timeout=proxy_read_timeout,
         auth_failures_per_minute=auth_failures,
         listen_address=listen_address,
+        nginx_preload=nginx_preload,
         mlflow_env=mlflow_env,
         local=local,
         behind_heroku_router=on_dyno,

@@ -187,7 +187,7 @@ class Supervisor:
         self._spawn(
             "nginx",
             [nginx, "-e", "stderr", "-p", str(self.runtime_dir), "-c", self.plan.nginx_config],
-            {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/bin")},
+            nginx_env(self.plan.nginx_preload),
         )
 
     def wait_for(self, name: str) -> bool:
@@ -340,6 +340,22 @@ class Supervisor:
         self._drain()
         log(f"stopped (exit {code})")
         return code
+
+
+def nginx_env(preload: str | None) -> dict[str, str]:
+    """nginx's environment: PATH, and the library that makes it treat SIGTERM like SIGQUIT
+    (Heroku sends SIGTERM to every process; nginx alone would cut in-flight requests)."""
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/bin")}
+    if preload is not None:
+        env["LD_PRELOAD"] = preload
+    else:
+        log(
+            "warning: nginx_graceful_term.so not found (MLFLOW_HEROKU_NGINX_PRELOAD unset, none "
+            "at the image's default path): SIGTERM sent to every process (how Heroku stops a "
+            "dyno) will cut nginx's in-flight requests; SIGTERM to this process alone stays "
+            "graceful"
+        )
+    return env
 
 
 def become_subreaper() -> None:

@@ -44,21 +44,39 @@ def test_no_instruction_heroku_rejects(forbidden: str) -> None:
     assert forbidden not in {name for name, _args in instructions()}
 
 
+def stages() -> list[list[tuple[str, str]]]:
+    """The instructions split per build stage (each starts with its FROM)."""
+    found: list[list[tuple[str, str]]] = []
+    for name, args in instructions():
+        if name == "FROM":
+            found.append([])
+        found[-1].append((name, args))
+    return found
+
+
 def test_image_shape() -> None:
-    found = instructions()
-    names = [name for name, _args in found]
-    assert found[0] == ("FROM", "python:3.12-slim-bookworm")
-    assert names.count("FROM") == 1
-    runs = " ".join(args for name, args in found if name == "RUN")
+    builder, final = stages()  # the nginx preload library's builder, then the image
+    assert builder[0] == ("FROM", "python:3.12-slim-bookworm AS nginx-preload")
+    assert final[0] == ("FROM", "python:3.12-slim-bookworm")
+    builder_runs = " ".join(args for name, args in builder if name == "RUN")
+    assert "-O2 -fPIC -shared -Wall -Werror" in builder_runs
+    names = [name for name, _args in final]
+    runs = " ".join(args for name, args in final if name == "RUN")
     assert re.search(r"apt-get install .*\bnginx=1\.22\.", runs)
     assert "pip install --require-hashes" in runs
     for tool in ("gcc", "g++", "make", "build-essential", "postgresql"):
         assert not re.search(rf"(^|\s){re.escape(tool)}(=|\s|$)", runs), tool
-    user = [args for name, args in found if name == "USER"]
+    # Only the compiled library comes over from the builder, at the supervisor's default path.
+    from_builder = [args for name, args in final if name == "COPY" and "--from" in args]
+    assert from_builder == [
+        "--from=nginx-preload /src/nginx_graceful_term.so "
+        "/usr/local/lib/mlflow-heroku/nginx_graceful_term.so"
+    ]
+    user = [args for name, args in final if name == "USER"]
     assert user
     assert user[-1] not in ("root", "0")
     assert names.index("USER") > max(index for index, name in enumerate(names) if name == "RUN")
-    assert found[-1] == ("CMD", '["python", "/app/entrypoint.py"]')
+    assert final[-1] == ("CMD", '["python", "/app/entrypoint.py"]')
 
 
 def test_dockerignore_sends_only_what_the_image_needs() -> None:
@@ -68,8 +86,18 @@ def test_dockerignore_sends_only_what_the_image_needs() -> None:
         if line and not line.startswith("#")
     ]
     assert lines[0] == "*"
-    assert {"!Dockerfile", "!requirements.txt", "!entrypoint.py", "!mlflow_heroku_runtime/"} <= set(
-        lines
-    )
+    assert {
+        "!Dockerfile",
+        "!requirements.txt",
+        "!entrypoint.py",
+        "!mlflow_heroku_runtime/",
+        "!nginx_graceful_term.c",
+    } <= set(lines)
     copied = [args.split()[0] for name, args in instructions() if name == "COPY"]
-    assert set(copied) == {"requirements.txt", "entrypoint.py", "mlflow_heroku_runtime/"}
+    assert set(copied) == {
+        "requirements.txt",
+        "entrypoint.py",
+        "mlflow_heroku_runtime/",
+        "nginx_graceful_term.c",
+        "--from=nginx-preload",
+    }

@@ -64,6 +64,59 @@ def create_experiment(stack: Stack, name: str) -> str:
     return experiment_id
 
 
+def create_run(stack: Stack, experiment_id: str) -> str:
+    response = requests.post(
+        f"{stack.url}{API}/runs/create",
+        json={"experiment_id": experiment_id},
+        auth=stack.auth,
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    run_id: str = response.json()["run"]["info"]["run_id"]
+    return run_id
+
+
+class SlowUpload:
+    """A 40 MB artifact upload paced over ~1.5 s, run in a thread, to be in flight at SIGTERM."""
+
+    def __init__(self, stack: Stack, experiment_id: str, run_id: str) -> None:
+        self.payload = os.urandom(40 * 1024**2)
+        self.key_suffix = f"{run_id}/artifacts/in-flight.bin"
+        self.url = (
+            f"{stack.url}/api/2.0/mlflow-artifacts/artifacts/"
+            f"{experiment_id}/{run_id}/artifacts/in-flight.bin"
+        )
+        self.auth = stack.auth
+        self.result: dict[str, object] = {}
+        self.thread = threading.Thread(target=self._upload)
+
+    def _body(self) -> Iterator[bytes]:
+        for offset in range(0, len(self.payload), 1024**2):
+            yield self.payload[offset : offset + 1024**2]
+            time.sleep(0.03)
+
+    def _upload(self) -> None:
+        try:
+            response = requests.put(self.url, data=self._body(), auth=self.auth, timeout=60)
+            self.result["status"] = response.status_code
+        except requests.RequestException as error:
+            self.result["status"] = type(error).__name__
+
+    def start(self) -> SlowUpload:
+        self.thread.start()
+        time.sleep(0.5)  # well inside the body: ~15 of 40 MB sent
+        return self
+
+    def assert_completed(self, s3: S3Server, output: str) -> None:
+        """200, and the whole object (not a truncated one) is in S3."""
+        self.thread.join(30)
+        assert self.result.get("status") == 200, (self.result, output[-3000:])
+        sizes = [
+            size for key, size in s3.keys("artifacts/").items() if key.endswith(self.key_suffix)
+        ]
+        assert sizes == [len(self.payload)]
+
+
 def test_sigterm_to_pid1_finishes_in_flight_then_restart_keeps_data(
     postgres: PostgresCluster, s3: S3Server
 ) -> None:
@@ -72,45 +125,16 @@ def test_sigterm_to_pid1_finishes_in_flight_then_restart_keeps_data(
     try:
         name = f"persisted-{uuid.uuid4().hex[:8]}"
         experiment_id = create_experiment(first, name)
-        run_id = requests.post(
-            f"{first.url}{API}/runs/create",
-            json={"experiment_id": experiment_id},
-            auth=first.auth,
-            timeout=30,
-        ).json()["run"]["info"]["run_id"]
         # An upload in flight when SIGTERM arrives must still complete.
-        upload_result: dict[str, int] = {}
-        payload = os.urandom(40 * 1024**2)
-
-        def slow_body() -> Iterator[bytes]:
-            for offset in range(0, len(payload), 1024**2):
-                yield payload[offset : offset + 1024**2]
-                time.sleep(0.03)
-
-        def upload() -> None:
-            response = requests.put(
-                f"{first.url}/api/2.0/mlflow-artifacts/artifacts/{experiment_id}/{run_id}/artifacts/in-flight.bin",
-                data=slow_body(),
-                auth=first.auth,
-                timeout=60,
-            )
-            upload_result["status"] = response.status_code
-
-        uploader = threading.Thread(target=upload)
-        uploader.start()
-        time.sleep(0.5)
+        upload = SlowUpload(first, experiment_id, create_run(first, experiment_id)).start()
         first.process.send_signal(signal.SIGTERM)
         code, seconds = wait_exit(first, 15)
-        uploader.join(30)
+        upload.assert_completed(s3, first.output())
         assert code == 0, first.output()
         assert seconds < 10
         assert group_members(first.process.pid) == []
-        assert upload_result.get("status") == 200, (upload_result, first.output()[-3000:])
-        keys = s3.keys("artifacts/")
-        assert [
-            size for key, size in keys.items() if key.endswith(f"{run_id}/artifacts/in-flight.bin")
-        ] == [len(payload)]
         assert "received SIGTERM; stopping gracefully" in first.output()
+        assert "nginx_graceful_term.so not found" not in first.output()
     finally:
         first.stop()
 
@@ -124,18 +148,66 @@ def test_sigterm_to_pid1_finishes_in_flight_then_restart_keeps_data(
             timeout=30,
         )
         assert fetched.json()["experiment"]["experiment_id"] == experiment_id
-        # Heroku sends SIGTERM to every process of the dyno at once.
+        upload = SlowUpload(second, experiment_id, create_run(second, experiment_id)).start()
+        # Heroku sends SIGTERM to every process of the dyno at once; nginx (with
+        # nginx_graceful_term.so preloaded) still lets the in-flight upload finish.
         members = descendants(second.process.pid)
         assert len(members) >= 4  # entrypoint, nginx master + worker, uvicorn
         for pid in members:
             with contextlib.suppress(ProcessLookupError):  # one may already be gone
                 os.kill(pid, signal.SIGTERM)
         code, seconds = wait_exit(second, 15)
+        upload.assert_completed(s3, second.output())
         assert code == 0, second.output()[-2000:]
         assert seconds < 10
         assert group_members(second.process.pid) == []
     finally:
         second.stop()
+
+
+def test_without_the_nginx_preload_the_supervisor_warns(
+    s3: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host without nginx_graceful_term.so (scripts/run-local without a compiler) still
+    starts, saying once what it means for SIGTERM."""
+    monkeypatch.delenv("MLFLOW_HEROKU_NGINX_PRELOAD")
+    env = heroku_env(
+        port=free_port(), database_url=f"postgres://u:pw@127.0.0.1:{free_port()}/d", s3=s3
+    )
+    stack = start_stack(env, wait_ready=False)
+    try:
+        assert wait_for_port(stack.port, 10), stack.output()
+        deadline = time.monotonic() + 5
+        while "nginx listening" not in stack.output() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        warnings = [line for line in stack.output().splitlines() if "not found" in line]
+        assert warnings == [
+            "entrypoint: warning: nginx_graceful_term.so not found (MLFLOW_HEROKU_NGINX_PRELOAD "
+            "unset, none at the image's default path): SIGTERM sent to every process (how Heroku "
+            "stops a dyno) will cut nginx's in-flight requests; SIGTERM to this process alone "
+            "stays graceful"
+        ], stack.output()
+    finally:
+        stack.stop()
+
+
+def test_missing_nginx_preload_file_is_a_configuration_error(s3: S3Server) -> None:
+    env = heroku_env(
+        port=free_port(),
+        database_url="postgres://u:pw@127.0.0.1:1/d",
+        s3=s3,
+        MLFLOW_HEROKU_NGINX_PRELOAD="/nonexistent/nginx_graceful_term.so",
+    )
+    stack = start_stack(env, wait_ready=False)
+    try:
+        code, _seconds = wait_exit(stack, 30)
+        assert code == 2
+        assert (
+            "configuration error: MLFLOW_HEROKU_NGINX_PRELOAD must be the absolute path of an "
+            "existing file" in stack.output()
+        )
+    finally:
+        stack.stop()
 
 
 def test_mlflow_death_stops_everything_as_non_root(postgres: PostgresCluster, s3: S3Server) -> None:

@@ -211,6 +211,39 @@ def test_listen_address_is_all_interfaces_on_a_dyno_unless_set() -> None:
     assert load_settings(ipv6).listen_address == "[::1]"
 
 
+def test_nginx_preload_is_the_variable_or_the_image_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow_heroku_runtime import settings as settings_module
+
+    library = tmp_path / "nginx_graceful_term.so"
+    library.write_bytes(b"")
+    chosen = {**GOOD_ENV, "MLFLOW_HEROKU_NGINX_PRELOAD": str(library)}
+    assert load_settings(chosen).nginx_preload == str(library)
+    # Unset: the image's fixed path when the file is there, else None (the supervisor warns).
+    monkeypatch.setattr(settings_module, "DEFAULT_NGINX_PRELOAD", library)
+    assert load_settings(GOOD_ENV).nginx_preload == str(library)
+    monkeypatch.setattr(settings_module, "DEFAULT_NGINX_PRELOAD", tmp_path / "absent.so")
+    assert load_settings(GOOD_ENV).nginx_preload is None
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "relative", "empty"])
+def test_bad_nginx_preload_is_named(tmp_path: Path, kind: str) -> None:
+    value = {
+        "missing": str(tmp_path / "absent.so"),
+        "directory": str(tmp_path),
+        "relative": "nginx_graceful_term.so",
+        "empty": "",
+    }[kind]
+    with pytest.raises(ConfigError) as raised:
+        load_settings({**GOOD_ENV, "MLFLOW_HEROKU_NGINX_PRELOAD": value})
+    assert raised.value.problems == [
+        "MLFLOW_HEROKU_NGINX_PRELOAD must be the absolute path of an existing file "
+        "(nginx_graceful_term.so, built from image/nginx_graceful_term.c); unset it to use "
+        "/usr/local/lib/mlflow-heroku/nginx_graceful_term.so"
+    ]
+
+
 def test_all_problems_are_reported_at_once() -> None:
     with pytest.raises(ConfigError) as raised:
         load_settings({"DYNO": "web.1"})

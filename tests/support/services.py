@@ -17,6 +17,9 @@ also when the body raises:
   ``start_stack(env, wait_ready=False)`` gives the same object without waiting (for tests of
   failing starts); call ``.stop()`` yourself. ``user="nobody"`` runs it as that user (as root);
   ``args=["--local", "--port", N], port=N`` runs local mode.
+- ``build_nginx_preload(dest_dir)`` compiles image/nginx_graceful_term.c (nginx stops
+  gracefully on SIGTERM) with gcc like the Dockerfile; stacks get it when
+  ``MLFLOW_HEROKU_NGINX_PRELOAD`` is in this process's environment (tests/conftest.py sets it).
 - ``wait_for_port(port, timeout)``, ``descendants(pid)``, ``tree_pss_mb(pid)``: waiting for a
   listener, a process tree, and the proportional set size of a process and its descendants.
 
@@ -48,6 +51,9 @@ import requests.auth
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = REPO_ROOT / "image" / "entrypoint.py"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
+NGINX_PRELOAD_SOURCE = REPO_ROOT / "image" / "nginx_graceful_term.c"
+# The same flags as image/Dockerfile's builder stage.
+NGINX_PRELOAD_CFLAGS = ("-O2", "-fPIC", "-shared", "-Wall", "-Werror")
 LOOPBACK = "127.0.0.1"
 
 
@@ -325,9 +331,28 @@ def heroku_env(
     return env
 
 
+def build_nginx_preload(dest_dir: Path) -> Path:
+    """Compile image/nginx_graceful_term.c into dest_dir (readable by every user, since
+    stacks may run as nobody); needs gcc and libc6-dev (scripts/setup test)."""
+    compiler = shutil.which("gcc")
+    if compiler is None:
+        raise RuntimeError("gcc is not installed: run scripts/setup test")
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    dest_dir.chmod(0o755)
+    library = dest_dir / "nginx_graceful_term.so"
+    subprocess.run(
+        [compiler, *NGINX_PRELOAD_CFLAGS, "-o", str(library), str(NGINX_PRELOAD_SOURCE), "-ldl"],
+        check=True,
+        capture_output=True,
+    )
+    library.chmod(0o755)
+    return library
+
+
 def _base_env() -> dict[str, str]:
-    """What any process needs besides the dyno contract: PATH (nginx), locale, HOME."""
-    keep = ("PATH", "LANG", "LC_ALL", "TZ")
+    """What any process needs besides the dyno contract: PATH (nginx), locale, HOME, and
+    the nginx preload library when the test session built one."""
+    keep = ("PATH", "LANG", "LC_ALL", "TZ", "MLFLOW_HEROKU_NGINX_PRELOAD")
     env = {key: os.environ[key] for key in keep if key in os.environ}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
     # nginx lives in /usr/sbin, which non-root PATHs often miss.
