@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import requests
@@ -38,7 +39,8 @@ def create_experiment(stack: Stack, name: str) -> str:
     return experiment_id
 
 
-def create_run(stack: Stack, experiment_id: str) -> str:
+def create_run_info(stack: Stack, experiment_id: str) -> dict[str, Any]:
+    """Creates a run over REST; returns MLflow's run info (run_id, artifact_uri...)."""
     reply = requests.post(
         f"{stack.url}{API}/runs/create",
         json={"experiment_id": experiment_id, "start_time": int(time.time() * 1000)},
@@ -46,7 +48,12 @@ def create_run(stack: Stack, experiment_id: str) -> str:
         timeout=30,
     )
     reply.raise_for_status()
-    run_id: str = reply.json()["run"]["info"]["run_id"]
+    info: dict[str, Any] = reply.json()["run"]["info"]
+    return info
+
+
+def create_run(stack: Stack, experiment_id: str) -> str:
+    run_id: str = create_run_info(stack, experiment_id)["run_id"]
     return run_id
 
 

@@ -16,11 +16,11 @@ import pytest
 import requests
 
 from tests.resilience.helpers import (
-    API,
     MetricWriters,
     children_of,
     command_line,
     create_experiment,
+    create_run_info,
     live_pids,
     orphans_after_exit,
     signal_all,
@@ -84,16 +84,7 @@ def test_sigterm_during_upload_and_metric_burst(
     env = heroku_env(port=free_port(), database_url=postgres.url, s3=s3, s3_prefix=prefix)
     with running_stack(env, ready_timeout=90) as stack:
         experiment_id = create_experiment(stack, prefix)
-        runs = []
-        for _ in range(5):
-            reply = requests.post(
-                f"{stack.url}{API}/runs/create",
-                json={"experiment_id": experiment_id},
-                auth=stack.auth,
-                timeout=30,
-            )
-            reply.raise_for_status()
-            runs.append(reply.json()["run"]["info"])
+        runs = [create_run_info(stack, experiment_id) for _ in range(5)]
         upload_run, burst_runs = runs[0], [info["run_id"] for info in runs[1:]]
         upload_path = upload_run["artifact_uri"].removeprefix("mlflow-artifacts:/")
 

@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from tests.resilience.helpers import API, create_experiment, wait_until
+from tests.resilience.helpers import API, create_experiment, create_run_info, wait_until
 from tests.support.services import (
     PostgresCluster,
     S3Server,
@@ -48,14 +48,7 @@ def test_s3_down_fails_artifacts_cleanly_and_tracking_goes_on(postgres: Postgres
         ) as stack,
     ):
         experiment_id = create_experiment(stack, f"s3-down-{time.time_ns()}")
-        created = requests.post(
-            f"{stack.url}{API}/runs/create",
-            json={"experiment_id": experiment_id},
-            auth=stack.auth,
-            timeout=30,
-        )
-        created.raise_for_status()
-        info = created.json()["run"]["info"]
+        info = create_run_info(stack, experiment_id)
         run_id, artifact_uri = info["run_id"], info["artifact_uri"]
         assert artifact_uri.startswith("mlflow-artifacts:/"), artifact_uri
         assert put_artifact(stack, artifact_uri, "before.txt", b"before").status_code == 200
@@ -142,14 +135,7 @@ def test_s3_hanging_fails_artifacts_in_time_and_tracking_goes_on(
         ) as stack,
     ):
         experiment_id = create_experiment(stack, f"s3-hanging-{time.time_ns()}")
-        created = requests.post(
-            f"{stack.url}{API}/runs/create",
-            json={"experiment_id": experiment_id},
-            auth=stack.auth,
-            timeout=30,
-        )
-        created.raise_for_status()
-        info = created.json()["run"]["info"]
+        info = create_run_info(stack, experiment_id)
 
         answers: list[tuple[int, float]] = []
         timeout_bodies: list[str] = []
