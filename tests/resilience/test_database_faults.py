@@ -20,7 +20,9 @@ from tests.resilience.helpers import (
     wait_until,
 )
 from tests.support.services import (
+    PostgresCluster,
     S3Server,
+    Stack,
     free_port,
     heroku_env,
     postgres_cluster,
@@ -85,17 +87,22 @@ def test_postgres_restart_under_load_loses_nothing(s3: S3Server) -> None:
             assert max(stored.values()) == 1, f"run {run_id}: duplicated steps"
 
 
+def start_with_database_down(postgres: PostgresCluster, s3: S3Server) -> Stack:
+    """Stops PostgreSQL, then starts a stack (not waited on) that retries it for a short while."""
+    postgres.stop("fast")
+    env = heroku_env(
+        port=free_port(),
+        database_url=postgres.url,
+        s3=s3,
+        MLFLOW_HEROKU_DB_WAIT_SECONDS=str(BOOT_WAIT_SECONDS),
+    )
+    return start_stack(env, wait_ready=False)
+
+
 def test_postgres_down_at_boot_answers_503_then_exits(s3: S3Server) -> None:
     with postgres_cluster() as postgres:
-        postgres.stop("fast")
-        env = heroku_env(
-            port=free_port(),
-            database_url=postgres.url,
-            s3=s3,
-            MLFLOW_HEROKU_DB_WAIT_SECONDS=str(BOOT_WAIT_SECONDS),
-        )
         launched = time.monotonic()
-        stack = start_stack(env, wait_ready=False)
+        stack = start_with_database_down(postgres, s3)
         try:
             assert wait_for_port(stack.port, 5), "nginx did not bind $PORT"
             health = requests.get(f"{stack.url}/health", timeout=5)
@@ -123,14 +130,7 @@ def test_postgres_down_at_boot_answers_503_then_exits(s3: S3Server) -> None:
 
 def test_postgres_late_at_boot_is_waited_for(s3: S3Server) -> None:
     with postgres_cluster() as postgres:
-        postgres.stop("fast")
-        env = heroku_env(
-            port=free_port(),
-            database_url=postgres.url,
-            s3=s3,
-            MLFLOW_HEROKU_DB_WAIT_SECONDS=str(BOOT_WAIT_SECONDS),
-        )
-        stack = start_stack(env, wait_ready=False)
+        stack = start_with_database_down(postgres, s3)
         try:
             assert wait_for_port(stack.port, 5), "nginx did not bind $PORT"
             time.sleep(2)
