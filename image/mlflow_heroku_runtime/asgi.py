@@ -1,4 +1,5 @@
-"""The ASGI app uvicorn serves: MLflow's FastAPI app behind ``ScrubDatabaseErrors``.
+"""The ASGI app uvicorn serves: MLflow's FastAPI app behind ``ScrubDatabaseErrors``, with the
+tracking REST API sent straight to MLflow's Flask app (see ``TrackingApiShortcut``).
 
 Importing this module waits for the supervisor's migration flag, opens MLflow's stores and
 freezes the garbage collector's view of everything imported (see ``warm_up_and_freeze``).
@@ -17,9 +18,12 @@ from pathlib import Path
 # addressed to MLflow, not to whoever reads this dyno's log.
 warnings.filterwarnings("ignore", message="starlette.middleware.wsgi is deprecated")
 
-from mlflow.server.fastapi_app import app as mlflow_app  # noqa: E402 (after the filter)
+from mlflow.server import app as flask_app  # noqa: E402 (after the filter)
+from mlflow.server.fastapi_app import _EfficientWSGIMiddleware  # noqa: E402
+from mlflow.server.fastapi_app import app as mlflow_app  # noqa: E402
 
 from .error_filter import ScrubDatabaseErrors  # noqa: E402
+from .tracking_shortcut import TrackingApiShortcut  # noqa: E402
 
 
 def wait_for_migration(timeout: float = 120) -> None:
@@ -57,4 +61,4 @@ def warm_up_and_freeze() -> None:
 
 wait_for_migration()
 warm_up_and_freeze()
-app = ScrubDatabaseErrors(mlflow_app)
+app = ScrubDatabaseErrors(TrackingApiShortcut(mlflow_app, _EfficientWSGIMiddleware(flask_app)))

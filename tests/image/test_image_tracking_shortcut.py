@@ -1,0 +1,97 @@
+"""The shortcut that hands MLflow's tracking REST API straight to its Flask app."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import warnings
+from typing import Any
+
+import pytest
+from mlflow_heroku_runtime.tracking_shortcut import FLASK_ONLY_PREFIXES, TrackingApiShortcut
+
+
+def fastapi_route_paths(routes: list[Any]) -> list[str]:
+    """Every path template FastAPI itself serves, through included routers (FastAPI's
+    ``_IncludedRouter`` lists its routes as ``effective_route_contexts``) and sub-routers;
+    a Mount contributes its own path only (MLflow mounts Flask at "/")."""
+    paths: list[str] = []
+    for route in routes:
+        contexts = getattr(route, "effective_route_contexts", None)
+        if contexts is not None:
+            contexts = contexts() if callable(contexts) else contexts
+            paths += [context.path for context in contexts]
+        elif type(route).__name__ == "Mount":
+            paths.append(route.path)
+        elif getattr(route, "routes", None):
+            paths += fastapi_route_paths(route.routes)
+        else:
+            paths.append(route.path)
+    return paths
+
+
+def test_no_fastapi_route_of_the_installed_mlflow_lives_under_the_shortcut() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from mlflow.server.fastapi_app import app
+
+    paths = fastapi_route_paths(app.routes)
+    # The walk really saw FastAPI's own routes (else the check below proves nothing).
+    assert "/api/2.0/mlflow-artifacts/artifacts/{artifact_path:path}" in paths
+    assert "/v1/traces" in paths
+    assert len(paths) > 20, paths
+    shadowed = [path for path in paths if path.startswith(FLASK_ONLY_PREFIXES)]
+    assert shadowed == [], f"upgrade check: FastAPI now serves {shadowed}; narrow the shortcut"
+
+
+def test_flask_app_carries_mlflows_own_host_and_origin_checks() -> None:
+    """Skipping FastAPI's security middleware is safe only because Flask runs the same
+    checks; MLflow installs them when a server module is loaded first, as on the dyno, where
+    uvicorn imports MLflow. (A fresh interpreter: this one may have imported MLflow alone.)
+    The stack tests send foreign Hosts and Origins through the shortcut as well."""
+    hooks = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import uvicorn; from mlflow.server import app; "
+            "print(*[hook.__name__ for hook in app.before_request_funcs[None]])",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout.split()
+    assert "validate_host" in hooks
+    assert "block_cross_origin_state_changes" in hooks
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/api/2.0/mlflow/runs/log-metric", "flask"),
+        ("/ajax-api/2.0/mlflow/experiments/create", "flask"),
+        ("/api/2.0/mlflow/registered-models/search", "flask"),
+        ("/api/2.0/mlflow-artifacts/artifacts/1/a.bin", "fastapi"),  # streaming uploads
+        ("/ajax-api/2.0/mlflow-artifacts/artifacts/1/a.bin", "fastapi"),
+        ("/api/2.0/mlflow", "fastapi"),  # no trailing slash: not the prefix
+        ("/v1/traces", "fastapi"),
+        ("/ajax-api/3.0/jobs/search", "fastapi"),
+        ("/api/3.0/mlflow/server-info", "fastapi"),
+        ("/health", "fastapi"),
+        ("/", "fastapi"),
+    ],
+)
+def test_only_tracking_api_paths_take_the_shortcut(path: str, expected: str) -> None:
+    reached: list[str] = []
+
+    def recorder(name: str) -> Any:
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            reached.append(name)
+
+        return app
+
+    shortcut = TrackingApiShortcut(recorder("fastapi"), recorder("flask"))
+    asyncio.run(shortcut({"type": "http", "path": path}, None, None))  # type: ignore[arg-type]
+    asyncio.run(shortcut({"type": "websocket", "path": path}, None, None))  # type: ignore[arg-type]
+    assert reached == [expected, "fastapi"]  # websockets always go to FastAPI
