@@ -124,7 +124,7 @@ class Supervisor:
             fd = stream.fileno()
             if not chunk:  # end of file: the child closed its output
                 self.selector.unregister(stream)
-                self._emit(self.partial.pop(fd, b""))
+                self._emit([self.partial.pop(fd, b"")])
                 continue
             data = self.partial.pop(fd, b"") + chunk
             *lines, rest = data.split(b"\n")
@@ -133,15 +133,20 @@ class Supervisor:
                 rest = b""
             if rest:
                 self.partial[fd] = rest
-            for line in lines:
-                self._emit(line)
+            self._emit(lines)
 
-    def _emit(self, line: bytes) -> None:
+    def _emit(self, lines: list[bytes]) -> None:
+        """Write whole lines, redacted, in one write (nginx hands over its buffered access
+        log in batches)."""
         # Until MLflow listens, every proxied request makes nginx log a refused upstream
         # connection; the 503 it answers is logged anyway, so those lines are only noise.
-        if line and not (self.mlflow_ready is False and UPSTREAM_NOT_UP in line):
-            text = self.redact(line.decode("utf-8", errors="replace"))
-            sys.stdout.write(text + "\n")
+        kept = [
+            self.redact(line.decode("utf-8", errors="replace"))
+            for line in lines
+            if line and not (self.mlflow_ready is False and UPSTREAM_NOT_UP in line)
+        ]
+        if kept:
+            sys.stdout.write("\n".join(kept) + "\n")
             sys.stdout.flush()
 
     # ----------------------------------------------------------------- environment
