@@ -27,6 +27,16 @@ def benchmark() -> ModuleType:
     return module
 
 
+def render_one_stack(benchmark: ModuleType, cells: list[object]) -> str:
+    """The report for one stack with these load cells (machine facts filled with "x")."""
+    result = benchmark.StackResult("ours", load=cells)
+    names = ("date", "command", "nproc", "mem_gib", "python", "mlflow", "nginx", "uptime_before")
+    machine: dict[str, object] = {key: "x" for key in (*names, "uptime_after")}
+    machine["auth_check_ms"] = 1.0
+    table: str = benchmark.render([result], machine, argparse.Namespace(duration=1.0))
+    return table
+
+
 def test_help_names_the_modes() -> None:
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, check=False
@@ -73,9 +83,16 @@ def test_percentile_and_overhead(benchmark: ModuleType) -> None:
         benchmark.summarize("direct", 16, [benchmark.LoadSample([0.01] * 100, 0, 1.0)]),
     ]
     assert cells[0].throughput == 90.0
-    result = benchmark.StackResult("ours", load=cells)
-    names = ("date", "command", "nproc", "mem_gib", "python", "mlflow", "nginx", "uptime_before")
-    machine: dict[str, object] = {key: "x" for key in (*names, "uptime_after")}
-    machine["auth_check_ms"] = 1.0
-    table = benchmark.render([result], machine, argparse.Namespace(duration=1.0))
+    table = render_one_stack(benchmark, cells)
     assert "| ours | 16 | 90 | 100 | +10.0 |" in table
+
+
+def test_paired_overhead_is_the_median_over_rounds(benchmark: ModuleType) -> None:
+    """A burst of background load in one slice skews the pooled ratio, not the paired median."""
+    nginx = [benchmark.LoadSample([0.01] * n, 0, 1.0) for n in (95, 95, 20, 95, 95)]
+    direct = [benchmark.LoadSample([0.01] * 100, 0, 1.0) for _ in range(5)]
+    cells = [benchmark.summarize("nginx", 1, nginx), benchmark.summarize("direct", 1, direct)]
+    assert cells[0].slice_throughputs == [95.0, 95.0, 20.0, 95.0, 95.0]
+    assert benchmark.paired_overhead(*cells) == pytest.approx(0.05)
+    table = render_one_stack(benchmark, cells)
+    assert "| ours | 1 | 80 | 100 | +20.0 | +5.0 | 5 |" in table  # pooled vs paired
