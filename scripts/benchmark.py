@@ -228,6 +228,9 @@ class Stack:
     prepare: Callable[[Path, dict[str, str]], None] = lambda _dir, _env: None
     # The recipe's artifacts go straight to S3 (clients would need AWS keys): ours only.
     artifact_mix: bool = False
+    # Whether its nginx keeps connections to MLflow open: the direct path then does too, so
+    # "direct" is always MLflow as nginx reaches it and the overhead is nginx's own work.
+    upstream_keepalive: bool = False
 
 
 @dataclass
@@ -666,9 +669,11 @@ def bench_stack(
         ]
         if mlflow_port is not None:
             targets.append(("direct", f"http://127.0.0.1:{mlflow_port}", None))
+        # Clients keep their connection to nginx, as the MLflow clients do.
+        keep_alive = {"nginx": True, "direct": stack.upstream_keepalive}
         with PeakSampler(running.proc.pid) as sampler:
             for path, base, path_auth in targets:
-                load(base, path_auth, max(args.client_counts), WARM_UP_SECONDS, path == "nginx")
+                load(base, path_auth, max(args.client_counts), WARM_UP_SECONDS, keep_alive[path])
             for clients in args.client_counts:
                 # Paths alternate in slices (A B B A ...), so drifting background load on
                 # this shared machine hits both paths alike.
@@ -682,7 +687,7 @@ def bench_stack(
                                 path_auth,
                                 clients,
                                 args.duration / args.rounds,
-                                path == "nginx",
+                                keep_alive[path],
                             )
                         )
                 for path, _, _ in targets:
@@ -743,12 +748,14 @@ def prepare_recipe(stack_dir: Path, env: dict[str, str]) -> None:
 
 def our_stack(name: str, database: str, workers: int | None, args: argparse.Namespace) -> Stack:
     env = {} if workers is None else {args.workers_env: str(workers)}
+    effective_workers = int(DEFAULTS["WEB_CONCURRENCY"]) if workers is None else workers
     return Stack(
         name,
         [sys.executable, str(REPO / "image" / "entrypoint.py")],
         env,
         database,
         artifact_mix=True,
+        upstream_keepalive=effective_workers == 1,  # as prepare.py decides
     )
 
 

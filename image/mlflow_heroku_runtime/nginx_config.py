@@ -8,6 +8,8 @@ from pathlib import Path
 
 import jinja2
 
+from .plan import UPSTREAM_IDLE_SECONDS
+
 TEMPLATE_DIR = Path(__file__).parent
 MIME_TYPES = Path("/etc/nginx/mime.types")
 
@@ -28,6 +30,10 @@ class NginxParams:
     error_log_level: str = "warn"
     worker_user: str = ""  # only when started as root: "user group"
     trust_forwarded_for: bool = True  # behind Heroku's router (DYNO set)
+    # Reuse connections to MLflow. Only safe when uvicorn runs one worker: with more, uvicorn
+    # binds the socket itself, asyncio then leaves TCP_NODELAY off, and every response on a
+    # reused connection waits ~40 ms for nginx's delayed ACK (docs/benchmark.md).
+    upstream_keepalive: bool = False
 
 
 def expected_authorization(username: str, password: str) -> str:
@@ -59,5 +65,7 @@ def render(params: NginxParams) -> str:
         error_log_level=params.error_log_level,
         worker_user=params.worker_user,
         trust_forwarded_for=params.trust_forwarded_for,
+        upstream_keepalive=params.upstream_keepalive,
+        upstream_idle_seconds=UPSTREAM_IDLE_SECONDS,
         mime_types=MIME_TYPES,
     )

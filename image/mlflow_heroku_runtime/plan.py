@@ -13,6 +13,10 @@ from pathlib import Path
 from typing import Any
 
 LOCAL_PORT = 8080
+# nginx drops an idle keep-alive connection to MLflow after this; uvicorn keeps one 10 s longer
+# (supervisor.py), so it is always nginx that closes, never uvicorn under a request nginx is
+# already sending.
+UPSTREAM_IDLE_SECONDS = 50
 
 
 @dataclass(frozen=True)

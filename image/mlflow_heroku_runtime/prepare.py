@@ -74,6 +74,7 @@ def write_nginx_files(settings: Settings, runtime_dir: Path, mlflow_port: int) -
         listen_address=settings.listen_address,
         worker_user=worker_user,
         trust_forwarded_for=settings.behind_heroku_router,
+        upstream_keepalive=settings.workers == 1,
     )
     config_path = runtime_dir / "nginx.conf"
     descriptor = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -31,7 +31,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
-from .plan import Plan, argument_parser
+from .plan import UPSTREAM_IDLE_SECONDS, Plan, argument_parser
 
 RUNTIME_PACKAGE_DIR = Path(__file__).resolve().parent
 STOP_GRACE_SECONDS = 8.0  # Heroku allows 30 s; the brief promises everything gone within 10
@@ -295,6 +295,8 @@ class Supervisor:
             str(self.plan.workers),
             "--timeout-graceful-shutdown",
             str(MLFLOW_GRACEFUL_SECONDS),
+            "--timeout-keep-alive",
+            str(UPSTREAM_IDLE_SECONDS + 10),
             "--no-access-log",  # nginx logs every request already
             "--no-server-header",
         ]

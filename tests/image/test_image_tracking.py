@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support.services import S3Server, Stack
+from tests.support.services import S3Server, Stack, descendants
 
 pytestmark = pytest.mark.integration
 
@@ -181,3 +181,38 @@ def test_r_client_rest_calls(stack: Stack) -> None:
     assert experiment_id in {item["experiment_id"] for item in experiments}
     call("POST", "runs/delete", json={"run_id": run_id})
     call("POST", "experiments/delete", json={"experiment_id": experiment_id})
+
+
+def _mlflow_port(stack: Stack) -> int:
+    for pid in descendants(stack.process.pid):
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if b"uvicorn" in argv and b"--port" in argv:
+            return int(argv[argv.index(b"--port") + 1])
+    raise AssertionError("no uvicorn child with --port")
+
+
+def _established_to(port: int) -> set[int]:
+    """Local ports of ESTABLISHED loopback TCP connections whose remote end is ``port``."""
+    local_ports = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, state = fields[1], fields[2], fields[3]
+        if state == "01" and int(remote.split(":")[1], 16) == port:
+            local_ports.add(int(local.split(":")[1], 16))
+    return local_ports
+
+
+def test_nginx_reuses_its_connections_to_mlflow(stack: Stack) -> None:
+    """With one worker (the default) nginx keeps connections to MLflow open and reuses them
+    (docs/image.md): the same connections carry a second batch of requests."""
+    port = _mlflow_port(stack)
+    url = f"{stack.url}/api/2.0/mlflow/experiments/get?experiment_id=0"
+    with requests.Session() as session:
+        for _ in range(20):
+            assert session.get(url, auth=stack.auth, timeout=10).status_code == 200
+        first = _established_to(port)
+        for _ in range(20):
+            assert session.get(url, auth=stack.auth, timeout=10).status_code == 200
+        second = _established_to(port)
+    assert 1 <= len(first) <= 16, first  # nginx's keepalive 16 per worker
+    assert first & second, (first, second)  # the same connection served both batches

@@ -409,7 +409,7 @@ def test_rendered_config_has_what_heroku_needs(tmp_path: Path) -> None:
     ):
         line = next(line for line in text.splitlines() if line.strip().startswith(directive + " "))
         assert str(tmp_path) in line, line
-    assert "keepalive 1" not in text  # no upstream keep-alive (facts.md: +40 ms delayed ACK)
+    assert "keepalive 1" not in text  # upstream keep-alive is off unless asked for (below)
     # Slow clients: every client phase has a deadline.
     for directive in (
         "client_header_timeout 10s;",
@@ -418,6 +418,33 @@ def test_rendered_config_has_what_heroku_needs(tmp_path: Path) -> None:
     ):
         assert directive in text
     assert "proxy_read_timeout 30s;" in text  # answer before Heroku's router gives up (30 s)
+
+
+@pytest.mark.parametrize(("workers", "reused"), [("1", True), ("2", False), ("3", False)])
+def test_upstream_keepalive_only_with_one_worker(
+    tmp_path: Path, workers: str, reused: bool
+) -> None:
+    """Kept connections to MLflow only where uvicorn's socket has TCP_NODELAY (one worker);
+    nginx drops them before uvicorn would, and the rendered config passes nginx -t."""
+    from mlflow_heroku_runtime import prepare
+    from mlflow_heroku_runtime.plan import UPSTREAM_IDLE_SECONDS
+
+    loaded = load_settings({**GOOD_ENV, "WEB_CONCURRENCY": workers})
+    config = prepare.write_nginx_files(loaded, tmp_path, 5001)
+    text = config.read_text()
+    upstream = text[
+        text.index("upstream mlflow {") : text.index("}", text.index("upstream mlflow {"))
+    ]
+    assert ("keepalive 16;" in upstream) is reused
+    assert (f"keepalive_timeout {UPSTREAM_IDLE_SECONDS}s;" in upstream) is reused
+    result = subprocess.run(
+        ["nginx", "-t", "-e", "stderr", "-p", str(tmp_path), "-c", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PATH": os.environ["PATH"] + ":/usr/sbin"},
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def test_rendered_config_passes_nginx_t(tmp_path: Path) -> None:
