@@ -420,6 +420,18 @@ def test_rendered_config_has_what_heroku_needs(tmp_path: Path) -> None:
     assert "proxy_read_timeout 30s;" in text  # answer before Heroku's router gives up (30 s)
 
 
+def assert_nginx_accepts(config: Path, prefix: Path) -> None:
+    """`nginx -t` on a rendered config (paths in it resolve under prefix)."""
+    result = subprocess.run(
+        ["nginx", "-t", "-e", "stderr", "-p", str(prefix), "-c", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PATH": os.environ["PATH"] + ":/usr/sbin"},
+    )
+    assert result.returncode == 0, result.stderr
+
+
 @pytest.mark.parametrize(("workers", "reused"), [("1", True), ("2", False), ("3", False)])
 def test_upstream_keepalive_only_with_one_worker(
     tmp_path: Path, workers: str, reused: bool
@@ -437,28 +449,14 @@ def test_upstream_keepalive_only_with_one_worker(
     ]
     assert ("keepalive 16;" in upstream) is reused
     assert (f"keepalive_timeout {UPSTREAM_IDLE_SECONDS}s;" in upstream) is reused
-    result = subprocess.run(
-        ["nginx", "-t", "-e", "stderr", "-p", str(tmp_path), "-c", str(config)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "PATH": os.environ["PATH"] + ":/usr/sbin"},
-    )
-    assert result.returncode == 0, result.stderr
+    assert_nginx_accepts(config, tmp_path)
 
 
 def test_rendered_config_passes_nginx_t(tmp_path: Path) -> None:
     htpasswd.write_htpasswd(tmp_path / "htpasswd", "alice", "s3cret-pw")
     config = tmp_path / "nginx.conf"
     config.write_text(nginx_config.render(_params(tmp_path)))
-    result = subprocess.run(
-        ["nginx", "-t", "-e", "stderr", "-p", str(tmp_path), "-c", str(config)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "PATH": os.environ["PATH"] + ":/usr/sbin"},
-    )
-    assert result.returncode == 0, result.stderr
+    assert_nginx_accepts(config, tmp_path)
 
 
 def test_real_nginx_accepts_the_htpasswd_hashes() -> None:
