@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import jinja2
@@ -50,22 +50,16 @@ def render(params: NginxParams) -> str:
         keep_trailing_newline=True,
     )
     template = environment.get_template("nginx.conf.j2")
+    # Every field but the login itself, which enters only as its Authorization header value.
+    fields = {
+        name: value
+        for name, value in asdict(params).items()
+        if name not in ("username", "password")
+    }
     return template.render(
-        runtime_dir=params.runtime_dir,
-        htpasswd_path=params.htpasswd_path,
-        port=params.port,
-        mlflow_port=params.mlflow_port,
+        **fields,
         # base64 has no quote or backslash, so it is safe inside the quoted map key.
         expected_authorization=expected_authorization(params.username, params.password),
-        max_body_size=params.max_body_size,
-        proxy_read_timeout=params.proxy_read_timeout,
-        auth_failures_per_minute=params.auth_failures_per_minute,
-        listen_address=params.listen_address,
-        worker_processes=params.worker_processes,
-        error_log_level=params.error_log_level,
-        worker_user=params.worker_user,
-        trust_forwarded_for=params.trust_forwarded_for,
-        upstream_keepalive=params.upstream_keepalive,
         upstream_idle_seconds=UPSTREAM_IDLE_SECONDS,
         mime_types=MIME_TYPES,
     )

@@ -136,8 +136,8 @@ class Supervisor:
             self._emit(lines)
 
     def _emit(self, lines: list[bytes]) -> None:
-        """Write whole lines, redacted, in one write (nginx hands over its buffered access
-        log in batches)."""
+        """Write whole lines, redacted, in one write: under load one read carries several
+        access-log lines, and a write plus flush each was a system call per request."""
         # Until MLflow listens, every proxied request makes nginx log a refused upstream
         # connection; the 503 it answers is logged anyway, so those lines are only noise.
         kept = [

@@ -8,8 +8,8 @@ from __future__ import annotations
 from .error_filter import ASGIApp, Receive, Scope, Send
 
 # Served only by MLflow's Flask app: no FastAPI route of the pinned MLflow lives under these
-# (tests/image/test_image_units.py checks that against the installed version). The trailing
-# slash keeps /api/2.0/mlflow-artifacts/ (FastAPI's streaming artifact routes) out.
+# (tests/image/test_image_tracking_shortcut.py checks that against the installed version).
+# The trailing slash keeps /api/2.0/mlflow-artifacts/ (FastAPI's streaming artifact routes) out.
 FLASK_ONLY_PREFIXES = ("/api/2.0/mlflow/", "/ajax-api/2.0/mlflow/")
 
 
