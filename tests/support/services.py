@@ -440,8 +440,13 @@ def python_for_user(user: str | None) -> tuple[str, dict[str, str]]:
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     system_python = Path(f"/usr/bin/{version}")
     site_packages = Path(sys.prefix) / "lib" / version / "site-packages"
-    if not system_python.exists() or not _reachable_by_others(site_packages):
+    if not system_python.exists():
         raise RuntimeError(f"no {version} that user {user} can run; install Debian's {version}")
+    if not _reachable_by_others(site_packages):
+        raise RuntimeError(
+            f"user {user} cannot reach {site_packages}: a directory above it lacks o+x "
+            "(scripts/test adds it when run as root)"
+        )
     return str(system_python), {"PYTHONPATH": str(site_packages)}
 
 
