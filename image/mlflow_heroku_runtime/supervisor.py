@@ -350,8 +350,9 @@ class Supervisor:
 
 
 def nginx_env(preload: str | None) -> dict[str, str]:
-    """nginx's environment: PATH, and the library that makes it treat SIGTERM like SIGQUIT
-    (Heroku sends SIGTERM to every process; nginx alone would cut in-flight requests)."""
+    """nginx's environment: PATH, and the library that makes it treat SIGTERM and SIGINT like
+    SIGQUIT (Heroku sends SIGTERM to every process, a terminal's Ctrl-C SIGINT to the whole
+    group; nginx alone would cut in-flight requests on either)."""
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/bin")}
     if preload is not None:
         env["LD_PRELOAD"] = preload
@@ -359,8 +360,8 @@ def nginx_env(preload: str | None) -> dict[str, str]:
         log(
             "warning: nginx_graceful_term.so not found (MLFLOW_HEROKU_NGINX_PRELOAD unset, none "
             "at the image's default path): SIGTERM sent to every process (how Heroku stops a "
-            "dyno) will cut nginx's in-flight requests; SIGTERM to this process alone stays "
-            "graceful"
+            "dyno) or Ctrl-C will cut nginx's in-flight requests; SIGTERM to this process alone "
+            "stays graceful"
         )
     return env
 

@@ -184,8 +184,8 @@ def test_without_the_nginx_preload_the_supervisor_warns(
         assert warnings == [
             "entrypoint: warning: nginx_graceful_term.so not found (MLFLOW_HEROKU_NGINX_PRELOAD "
             "unset, none at the image's default path): SIGTERM sent to every process (how Heroku "
-            "stops a dyno) will cut nginx's in-flight requests; SIGTERM to this process alone "
-            "stays graceful"
+            "stops a dyno) or Ctrl-C will cut nginx's in-flight requests; SIGTERM to this process "
+            "alone stays graceful"
         ], stack.output()
     finally:
         stack.stop()
@@ -395,10 +395,20 @@ def test_local_mode_runs_on_embedded_defaults(tmp_path: Path) -> None:
         )
         assert answer.status_code == 200
         assert (tmp_path / ".local-data" / "mlflow.db").exists()
-        stack.process.send_signal(signal.SIGINT)  # Ctrl-C
+        stack.username, stack.password = "mlflow", password
+        experiment_id = create_experiment(stack, "local")
+        upload = SlowUpload(stack, experiment_id, create_run(stack, experiment_id)).start()
+        # Ctrl-C: the terminal sends SIGINT to every process of its foreground group, nginx
+        # included; nginx_graceful_term.so makes that a graceful stop, so the upload finishes.
+        os.killpg(stack.process.pid, signal.SIGINT)
         code, seconds = wait_exit(stack, 15)
-        assert code == 0
+        upload.thread.join(30)
+        assert upload.result.get("status") == 200, (upload.result, stack.output()[-3000:])
+        stored = list((tmp_path / ".local-data" / "artifacts").rglob("in-flight.bin"))
+        assert [path.stat().st_size for path in stored] == [len(upload.payload)]
+        assert code == 0, stack.output()[-2000:]
         assert seconds < 10
+        assert "(SIGINT) received" not in stack.output()  # nginx saw SIGQUIT instead
         assert group_members(stack.process.pid) == []
     finally:
         stack.stop()

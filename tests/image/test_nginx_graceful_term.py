@@ -1,5 +1,6 @@
-"""image/nginx_graceful_term.c on its own: Debian's nginx, a slow upstream, and SIGTERM sent to
-the master and its worker (what Heroku does) while a request is in flight."""
+"""image/nginx_graceful_term.c on its own: Debian's nginx, a slow upstream, and SIGTERM (what
+Heroku sends) or SIGINT (what Ctrl-C in a terminal sends) to the master and its worker while a
+request is in flight."""
 
 from __future__ import annotations
 
@@ -78,9 +79,14 @@ http {{
     return config
 
 
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 @pytest.mark.parametrize("preloaded", [True, False], ids=["with the shim", "without"])
-def test_sigterm_to_master_and_worker(
-    tmp_path: Path, slow_upstream: int, nginx_preload: Path, preloaded: bool
+def test_stop_signal_to_master_and_worker(
+    tmp_path: Path,
+    slow_upstream: int,
+    nginx_preload: Path,
+    preloaded: bool,
+    stop_signal: signal.Signals,
 ) -> None:
     port = free_port()
     config = nginx_config(tmp_path, port, slow_upstream)
@@ -113,7 +119,7 @@ def test_sigterm_to_master_and_worker(
         assert len(processes) == 2  # master + worker
         signalled = time.monotonic()
         for pid in processes:
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, stop_signal)
         code = nginx.wait(10)
         took = time.monotonic() - signalled
         client.join(10)
@@ -129,9 +135,9 @@ def test_sigterm_to_master_and_worker(
         assert outcome == [(200, BODY)], log
         assert took >= UPSTREAM_DELAY_SECONDS * 0.5
         assert "signal 3 (SIGQUIT) received" in log, log
-        assert "signal 15 (SIGTERM)" not in log
+        assert f"({stop_signal.name})" not in log
     else:
         # Debian's nginx alone: a fast stop cuts the request (why the shim exists).
         assert outcome != [(200, BODY)], log
         assert took < UPSTREAM_DELAY_SECONDS
-        assert "signal 15 (SIGTERM) received" in log, log
+        assert f"signal {stop_signal.value} ({stop_signal.name}) received" in log, log
