@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.services import NGINX_PRELOAD_CFLAGS, REPO_ROOT
+
 IMAGE_DIR = Path(__file__).resolve().parents[2] / "image"
 DOCKERFILE = IMAGE_DIR / "Dockerfile"
 
@@ -59,7 +61,11 @@ def test_image_shape() -> None:
     assert builder[0] == ("FROM", "python:3.12-slim-bookworm AS nginx-preload")
     assert final[0] == ("FROM", "python:3.12-slim-bookworm")
     builder_runs = " ".join(args for name, args in builder if name == "RUN")
-    assert "-O2 -fPIC -shared -Wall -Werror" in builder_runs
+    # The tests and scripts/run-local build the library with these flags too.
+    flags = " ".join(NGINX_PRELOAD_CFLAGS)
+    assert f"gcc {flags} -o /src/nginx_graceful_term.so" in builder_runs
+    run_local = (REPO_ROOT / "scripts" / "run-local").read_text()
+    assert f'gcc {flags} -o "$preload" image/nginx_graceful_term.c -ldl' in run_local
     names = [name for name, _args in final]
     runs = " ".join(args for name, args in final if name == "RUN")
     assert re.search(r"apt-get install .*\bnginx=1\.22\.", runs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -17,6 +18,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from tests.support.services import (
+    REPO_ROOT,
     PostgresCluster,
     S3Server,
     Stack,
@@ -168,8 +170,8 @@ def test_sigterm_to_pid1_finishes_in_flight_then_restart_keeps_data(
 def test_without_the_nginx_preload_the_supervisor_warns(
     s3: S3Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A host without nginx_graceful_term.so (scripts/run-local without a compiler) still
-    starts, saying once what it means for SIGTERM."""
+    """A host without nginx_graceful_term.so (the entrypoint run by hand where nothing built
+    it) still starts, saying once what it means for SIGTERM."""
     monkeypatch.delenv("MLFLOW_HEROKU_NGINX_PRELOAD")
     env = heroku_env(
         port=free_port(), database_url=f"postgres://u:pw@127.0.0.1:{free_port()}/d", s3=s3
@@ -412,6 +414,49 @@ def test_local_mode_runs_on_embedded_defaults(tmp_path: Path) -> None:
         assert group_members(stack.process.pid) == []
     finally:
         stack.stop()
+
+
+def test_run_local_script_preloads_the_nginx_library_it_builds(tmp_path: Path) -> None:
+    """The README's main command: scripts/run-local builds nginx_graceful_term.so like the
+    Dockerfile, and nginx runs with it, so Ctrl-C to the whole group is a graceful stop."""
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_HEROKU_NGINX_PRELOAD"}
+    output_dir = tmp_path / "output"
+    output_dir.mkdir()
+    output_file = (output_dir / "output.log").open("wb")
+    run_local = str(REPO_ROOT / "scripts" / "run-local")
+    process = subprocess.Popen(
+        ["bash", run_local, "--port", str(port), "--data-dir", str(tmp_path / "data")],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=output_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    stack = Stack(port, "mlflow", "", process, output_dir / "output.log", output_file)
+    try:
+        stack.wait_ready(120)
+        library = REPO_ROOT / ".venv" / "lib" / "mlflow-heroku" / "nginx_graceful_term.so"
+        nginx = [pid for pid in descendants(process.pid) if b"nginx" in cmdline(pid)]
+        assert len(nginx) == 2, stack.output()  # master + worker
+        for pid in nginx:  # loaded (nginx overwrites its environ with its process title)
+            assert str(library) in Path(f"/proc/{pid}/maps").read_text()
+        assert "nginx_graceful_term.so not found" not in stack.output()
+        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C
+        code, seconds = wait_exit(stack, 15)
+        assert code == 0, stack.output()[-2000:]
+        assert seconds < 10
+        assert "(SIGINT) received" not in stack.output()
+        assert group_members(process.pid) == []
+    finally:
+        stack.stop()
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 @settings(
