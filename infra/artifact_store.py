@@ -99,6 +99,9 @@ class ArtifactStore(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         # Prod keeps its artifacts: `pulumi destroy` refuses, and even after `pulumi state
         # unprotect` the bucket stays in AWS. Dev empties and deletes the bucket on destroy.
+        # The bucket's settings are kept with it: `destroy --exclude-protected` (the destroy
+        # workflow) deletes every resource not itself protected, settings of a kept bucket
+        # included, which would leave it without its public access block and TLS-only policy.
         keep = pulumi.ResourceOptions(
             parent=self, protect=settings.protect_data, retain_on_delete=settings.protect_data
         )
@@ -117,7 +120,7 @@ class ArtifactStore(pulumi.ComponentResource):
             "ownership",
             bucket=bucket_id,
             rule={"object_ownership": "BucketOwnerEnforced"},
-            opts=child,
+            opts=keep,
         )
         self.public_access_block = aws.s3.BucketPublicAccessBlock(
             "public-access-block",
@@ -126,7 +129,7 @@ class ArtifactStore(pulumi.ComponentResource):
             block_public_policy=True,
             ignore_public_acls=True,
             restrict_public_buckets=True,
-            opts=child,
+            opts=keep,
         )
         by_default = SseDefault(
             sse_algorithm="AES256" if settings.kms_key_arn is None else "aws:kms",
@@ -142,7 +145,7 @@ class ArtifactStore(pulumi.ComponentResource):
                     bucket_key_enabled=settings.kms_key_arn is not None,
                 )
             ],
-            opts=child,
+            opts=keep,
         )
         self.versioning = aws.s3.BucketVersioning(
             "versioning",
@@ -151,7 +154,7 @@ class ArtifactStore(pulumi.ComponentResource):
                 # A never-versioned bucket cannot go back to "Disabled", only to "Suspended".
                 "status": "Enabled" if settings.bucket_versioning else "Suspended"
             },
-            opts=child,
+            opts=keep,
         )
         rules = [
             aws.s3.BucketLifecycleConfigurationRuleArgs(
@@ -179,14 +182,18 @@ class ArtifactStore(pulumi.ComponentResource):
             bucket=bucket_id,
             rules=rules,
             # Lifecycle rules on versions need the versioning state applied first.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.versioning]),
+            opts=pulumi.ResourceOptions.merge(
+                keep, pulumi.ResourceOptions(depends_on=[self.versioning])
+            ),
         )
         self.policy = aws.s3.BucketPolicy(
             "tls-only",
             bucket=bucket_id,
             policy=self.bucket.arn.apply(lambda arn: json.dumps(tls_only_policy_document(arn))),
             # S3 rejects policy writes that race a public access block update.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.public_access_block]),
+            opts=pulumi.ResourceOptions.merge(
+                keep, pulumi.ResourceOptions(depends_on=[self.public_access_block])
+            ),
         )
 
         self.user = aws.iam.User(

@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped]  # no stubs in the lock
 
+from tests.infra.heroku_double import API_ACCEPT, running_fake_heroku
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GITHUB_DIR = REPO_ROOT / ".github"
 WORKFLOW_DIR = GITHUB_DIR / "workflows"
@@ -382,6 +384,93 @@ def test_the_job_summary_says_what_the_stack_keeps(stack: str, tmp_path: Path) -
             assert kept in summary
     else:
         assert "keeps nothing" in summary
+
+
+KEPT_APP = "mlflow-heroku-prod"  # Pulumi.prod.yaml's appName
+
+
+def run_scale_down(
+    tmp_path: Path, api_url: str, api_key: str
+) -> tuple[subprocess.CompletedProcess[str], str]:
+    """The prod destroy's scale-down step against the Heroku double; a stand-in `pulumi`
+    answers `config get appName` as the CLI would from Pulumi.prod.yaml."""
+    fake = tmp_path / "pulumi"
+    fake.write_text(
+        f'#!/bin/sh\n[ "$*" = "config get appName --stack prod" ] || exit 9\necho {KEPT_APP}\n'
+    )
+    fake.chmod(0o755)
+    summary_file = tmp_path / "summary.md"
+    summary_file.touch()
+    script = step_named(DESTROY["jobs"]["destroy"], "Scale the kept app")["run"]
+    result = run_step_script(
+        script,
+        {
+            "STACK": "prod",
+            "HEROKU_API_KEY": api_key,
+            "HEROKU_API_URL": api_url,
+            "GITHUB_STEP_SUMMARY": str(summary_file),
+            "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}",
+        },
+    )
+    return result, summary_file.read_text()
+
+
+def test_a_prod_destroy_scales_the_kept_app_to_no_web_dynos(tmp_path: Path) -> None:
+    """Its config vars went with the stack, so its dynos could only crash-loop (and bill)."""
+    step = step_named(DESTROY["jobs"]["destroy"], "Scale the kept app")
+    assert step["if"] == "success() && inputs.stack == 'prod'"
+    names = [str(each.get("name", "")) for each in DESTROY["jobs"]["destroy"]["steps"]]
+    assert names.index(step["name"]) > next(
+        index for index, name in enumerate(names) if name.startswith("pulumi destroy")
+    )
+    api_key = "heroku-api-key-for-the-double"
+    with running_fake_heroku(api_key) as heroku:
+        heroku.add_app(KEPT_APP)
+        heroku.formation_quantity[(KEPT_APP, "web")] = 2
+        # One transient failure first: the step retries it.
+        heroku.answer_next(
+            "PATCH", f"/apps/{KEPT_APP}/formation/web", 503, {"id": "unavailable", "message": "x"}
+        )
+        result, summary = run_scale_down(tmp_path, heroku.base_url, api_key)
+        calls = heroku.calls("PATCH", f"/apps/{KEPT_APP}/formation/web")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert heroku.formation_quantity[(KEPT_APP, "web")] == 0
+    assert len(calls) == 2
+    assert calls[-1].body == {"quantity": 0}
+    assert calls[-1].headers["Accept"] == API_ACCEPT
+    assert calls[-1].headers["Authorization"] == f"Bearer {api_key}"
+    assert f"{KEPT_APP}: web dynos scaled to 0" in summary
+    assert api_key not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("known_app", "key_matches", "code", "said"),
+    [
+        (False, True, 0, "nothing to scale (Heroku: Couldn't find that app.)"),
+        (True, False, 1, "Heroku answered 401 Invalid credentials provided."),
+    ],
+    ids=["app already gone", "wrong API key"],
+)
+def test_the_scale_down_step_reports_heroku_errors(
+    tmp_path: Path, known_app: bool, key_matches: bool, code: int, said: str
+) -> None:
+    api_key = "heroku-api-key-for-the-double"
+    with running_fake_heroku(api_key) as heroku:
+        if known_app:
+            heroku.add_app(KEPT_APP)
+            heroku.formation_quantity[(KEPT_APP, "web")] = 1
+        sent_key = api_key if key_matches else "some-other-key"
+        result, summary = run_scale_down(tmp_path, heroku.base_url, sent_key)
+    output = result.stdout + result.stderr
+    assert result.returncode == code, output
+    assert said in output
+    assert sent_key not in output
+    if code:
+        assert "::error title=Could not scale" in output
+        assert f"heroku ps:scale web=0 -a {KEPT_APP}" in output
+        assert heroku.formation_quantity[(KEPT_APP, "web")] == 1
+    else:
+        assert said in summary
 
 
 # --------------------------------------------------------------------------- documentation

@@ -8,7 +8,8 @@ It follows their documented behaviour for what `heroku container:release` uses:
   (the formation PATCH needs the `3.docker-releases` variant); errors as `{"id", "message"}`;
   `GET /apps/<app>/releases` honours `Range: version ..; max=N, order=desc`; a PATCH of the web
   formation with a docker image creates a release that stays `pending` for a few reads and then
-  becomes `succeeded` (or `failed`, as scripted).
+  becomes `succeeded` (or `failed`, as scripted), and one web dyno; `PATCH
+  /apps/<app>/formation/<type>` with `{"quantity": N}` scales a process type that exists.
 Tests can queue canned answers (429 with Retry-After, 5xx, ...) and read every request made.
 """
 
@@ -106,6 +107,7 @@ class FakeHeroku:
     manifests: dict[tuple[str, str], tuple[str, bytes]] = field(default_factory=dict)
     releases: dict[str, list[FakeRelease]] = field(default_factory=dict)
     formation_image: dict[str, str] = field(default_factory=dict)
+    formation_quantity: dict[tuple[str, str], int] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
     canned: list[tuple[str, str, int, dict[str, str], Any]] = field(default_factory=list)
     pending_reads: int = 2
@@ -232,14 +234,16 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         match = re.fullmatch(
-            r"/apps/([a-z0-9-]+)/(formation|releases)(?:/([0-9a-f-]+))?", self.path
+            r"/apps/([a-z0-9-]+)/(formation|releases)(?:/([a-z0-9_-]+))?", self.path
         )
         if match is None or match.group(1) not in fake.apps:
             self._send(404, {"id": "not_found", "message": "Couldn't find that app."})
             return
         app, collection, item = match.groups()
-        if collection == "formation" and method == "PATCH":
+        if collection == "formation" and method == "PATCH" and item is None:
             self._patch_formation(app, accept, body)
+        elif collection == "formation" and method == "PATCH":
+            self._scale_formation(app, item, body)
         elif collection == "releases" and method == "GET" and item is None:
             self._list_releases(app)
         elif collection == "releases" and method == "GET":
@@ -275,6 +279,7 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         fake.formation_image[app] = updates[0]["docker_image"]
+        fake.formation_quantity.setdefault((app, "web"), 1)
         version = fake.releases[app][-1].version + 1
         description = (
             fake.failure_description
@@ -292,6 +297,22 @@ class _Handler(BaseHTTPRequestHandler):
             )
         )
         self._send(200, [{"type": "web", "quantity": 1, "size": "Basic", "command": None}])
+
+    def _scale_formation(self, app: str, process_type: str, body: Any) -> None:
+        fake = self.server.fake
+        if self.headers.get("Content-Type") != "application/json":
+            self._send(400, {"id": "bad_request", "message": "Content-Type must be JSON."})
+            return
+        quantity = body.get("quantity") if isinstance(body, dict) else None
+        if not isinstance(quantity, int) or isinstance(quantity, bool) or quantity < 0:
+            self._send(422, {"id": "invalid_params", "message": "Invalid formation update."})
+            return
+        if (app, process_type) not in fake.formation_quantity:
+            self._send(404, {"id": "not_found", "message": "Couldn't find that formation."})
+            return
+        fake.formation_quantity[(app, process_type)] = quantity
+        answer = {"type": process_type, "quantity": quantity, "size": "Basic", "command": None}
+        self._send(200, answer)
 
     def _release_json(self, release: FakeRelease) -> dict[str, Any]:
         if release.status == "pending":

@@ -347,12 +347,18 @@ def test_exports_and_which_are_secret(dev: ProgramRun) -> None:
 
 
 def test_prod_keeps_its_data_and_is_larger(prod: ProgramRun, dev: ProgramRun) -> None:
-    for type_ in (APP, ADDON, BUCKET):
+    # The data, and the bucket's settings with it: a kept bucket must stay private,
+    # encrypted and TLS-only after `pulumi destroy --exclude-protected`.
+    kept = {APP, ADDON, BUCKET, OWNERSHIP, PUBLIC_ACCESS, ENCRYPTION, VERSIONING, LIFECYCLE}
+    kept.add(BUCKET_POLICY)
+    for type_ in kept:
         registration = prod.one(type_)
         assert registration.protect, type_
         assert registration.retain_on_delete, type_
-    unprotected = [r for r in prod.registrations if r.type not in (APP, ADDON, BUCKET)]
+    unprotected = [r for r in prod.registrations if r.type not in kept]
+    assert unprotected
     assert not any(r.protect or r.retain_on_delete for r in unprotected)
+    assert not any(r.protect or r.retain_on_delete for r in dev.registrations)
     assert prod.one(BUCKET).inputs["forceDestroy"] is False
     assert prod.one(ADDON).inputs["plan"] == "heroku-postgresql:standard-0"
     assert prod.one(VERSIONING).inputs["versioningConfiguration"] == {"status": "Enabled"}
