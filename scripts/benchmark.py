@@ -778,9 +778,9 @@ def render(results: list[StackResult], machine: dict[str, Any], args: argparse.N
         "",
         f"Our defaults: WEB_CONCURRENCY={DEFAULTS['WEB_CONCURRENCY']} uvicorn worker(s), "
         f"DB pool {DEFAULTS['MLFLOW_SQLALCHEMYSTORE_POOL_SIZE']}"
-        f"+{DEFAULTS['MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW']} per worker; basic-auth hash "
-        f"bcrypt cost {BCRYPT_COST}: {machine['auth_check_ms']:.1f} ms per check when nginx runs "
-        "it (the recipe's apr1 MD5: ~0.3 ms, see facts.md).",
+        f"+{DEFAULTS['MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW']} per store (two per worker); "
+        f"basic-auth hash bcrypt cost {BCRYPT_COST}: {machine['auth_check_ms']:.1f} ms per check "
+        "when nginx runs it (the recipe's apr1 MD5: ~0.3 ms, measured on the development machine).",
         "",
         f"Load average before: `{machine['uptime_before']}`; after: `{machine['uptime_after']}`"
         " (other engineers run tests on this machine at the same time: figures are noisy).",
