@@ -42,6 +42,12 @@ def expected_authorization(username: str, password: str) -> str:
     return f"Basic {token}"
 
 
+def expected_authorization_pattern(username: str, password: str) -> str:
+    """A case-sensitive regex matching exactly that header. base64 brings only A-Z a-z 0-9
+    + / =, of which only + means something in a regex; none needs quoting in nginx."""
+    return "^" + expected_authorization(username, password).replace("+", "[+]") + "$"
+
+
 def render(params: NginxParams) -> str:
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
@@ -58,8 +64,9 @@ def render(params: NginxParams) -> str:
     }
     return template.render(
         **fields,
-        # base64 has no quote or backslash, so it is safe inside the quoted map key.
-        expected_authorization=expected_authorization(params.username, params.password),
+        expected_authorization_pattern=expected_authorization_pattern(
+            params.username, params.password
+        ),
         upstream_idle_seconds=UPSTREAM_IDLE_SECONDS,
         mime_types=MIME_TYPES,
     )

@@ -349,7 +349,16 @@ def test_both_login_paths_work(stack: Stack) -> None:
         answer = requests.get(stack.url + API, headers={"Authorization": header}, timeout=10)
         assert answer.status_code == 200, header
     wrong = base64.b64encode(f"{stack.username}:{stack.password}!".encode()).decode()
-    for header in (f"Basic {wrong}", f"basic {wrong}", f"Basic x{token}", f"Bearer {token}"):
+    # nginx compares plain map keys ignoring case: the token with other letter cases (other
+    # bytes once decoded) must not pass as the exact header.
+    other_cases = (token.swapcase(), token.upper(), token.lower())
+    for header in (
+        f"Basic {wrong}",
+        f"basic {wrong}",
+        f"Basic x{token}",
+        f"Bearer {token}",
+        *(f"Basic {variant}" for variant in other_cases if variant != token),
+    ):
         answer = requests.get(
             stack.url + API,
             headers={"Authorization": header, "X-Forwarded-For": client_address()},

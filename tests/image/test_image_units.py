@@ -339,6 +339,8 @@ TRICKY_PASSWORDS = [
     "ünïcödé ✓ 密码",
     "#hash {brace} [x] ;semi",
     "x" * 72,
+    "a~>?b>?~",  # "alice:" + this encodes with a "+" (a regex operator in nginx's auth match)
+    "~>?~>?",  # ... and this with a "/"
 ]
 
 
@@ -460,7 +462,8 @@ def test_rendered_config_passes_nginx_t(tmp_path: Path) -> None:
 
 
 def test_real_nginx_accepts_the_htpasswd_hashes() -> None:
-    """nginx itself (crypt() of the system) verifies what Python wrote, for each password."""
+    """nginx itself (crypt() of the system) verifies what Python wrote, for each password; the
+    exact header's fast path matches that header only, letter case included."""
     import base64
     import pwd
     import shutil
@@ -470,6 +473,9 @@ def test_real_nginx_accepts_the_htpasswd_hashes() -> None:
 
     from tests.support.services import free_port, wait_for_port
 
+    tokens = [base64.b64encode(f"alice:{p}".encode()).decode() for p in TRICKY_PASSWORDS]
+    assert any("+" in t for t in tokens)
+    assert any("/" in t for t in tokens)
     for password in TRICKY_PASSWORDS:
         # Under /tmp, not pytest's private tmp_path: nginx's workers (nobody, as root) must
         # be able to reach the htpasswd file, as in the entrypoint's own runtime dir.
@@ -495,13 +501,22 @@ def test_real_nginx_accepts_the_htpasswd_hashes() -> None:
         try:
             assert wait_for_port(port, 5)
             token = base64.b64encode(f"alice:{password}".encode()).decode()
-            # A lower-case scheme misses the exact-header fast path: bcrypt decides.
-            right = requests.get(
-                f"http://127.0.0.1:{port}/", headers={"Authorization": f"basic {token}"}, timeout=5
+            # The exact header (fast path), and a lower-case scheme, which misses the fast path
+            # so that bcrypt decides. Past the login, MLflow is absent here: 503 is what a
+            # logged-in client sees.
+            for header in (f"Basic {token}", f"basic {token}"):
+                right = requests.get(
+                    f"http://127.0.0.1:{port}/", headers={"Authorization": header}, timeout=5
+                )
+                assert right.status_code == 503, (password, header)
+                assert right.headers["Retry-After"] == "5"
+            # The token with its letters' case swapped decodes to other bytes: a wrong login.
+            swapped = requests.get(
+                f"http://127.0.0.1:{port}/",
+                headers={"Authorization": f"Basic {token.swapcase()}"},
+                timeout=5,
             )
-            # Past the login, MLflow is absent here: 503 is what a logged-in client sees.
-            assert right.status_code == 503, password
-            assert right.headers["Retry-After"] == "5"
+            assert swapped.status_code == 401, password
             wrong_token = base64.b64encode(
                 f"alice:{password[:-1]}{'y' if password[-1] != 'y' else 'z'}".encode()
             ).decode()
