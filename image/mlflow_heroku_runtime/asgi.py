@@ -1,18 +1,16 @@
 """The ASGI app uvicorn serves: MLflow's FastAPI app behind ``ScrubDatabaseErrors``, with the
 tracking REST API sent straight to MLflow's Flask app (see ``TrackingApiShortcut``).
 
-Importing this module waits for the supervisor's migration flag, opens MLflow's stores and
-freezes the garbage collector's view of everything imported (see ``warm_up_and_freeze``).
+Importing this module waits for the supervisor's migration flag (``migrate.wait_for_migration``),
+opens MLflow's stores and freezes the garbage collector's view of everything imported (see
+``warm_up_and_freeze``).
 """
 
 from __future__ import annotations
 
 import gc
-import os
 import sys
-import time
 import warnings
-from pathlib import Path
 
 # MLflow 3.17 itself mounts Flask through Starlette's deprecated WSGI middleware; the warning is
 # addressed to MLflow, not to whoever reads this dyno's log.
@@ -23,20 +21,8 @@ from mlflow.server.fastapi_app import _EfficientWSGIMiddleware  # noqa: E402
 from mlflow.server.fastapi_app import app as mlflow_app  # noqa: E402
 
 from .error_filter import ScrubDatabaseErrors  # noqa: E402
+from .migrate import wait_for_migration  # noqa: E402
 from .tracking_shortcut import TrackingApiShortcut  # noqa: E402
-
-
-def wait_for_migration(timeout: float = 120) -> None:
-    """Block (at import, before uvicorn listens) until the supervisor says the schema is
-    current. MLflow touches the database only on the first request, never at import."""
-    flag = os.environ.get("_MLFLOW_HEROKU_MIGRATED_FLAG")
-    if not flag:
-        return
-    deadline = time.monotonic() + timeout
-    while not Path(flag).exists():
-        if time.monotonic() > deadline:
-            raise SystemExit("mlflow: the database migration did not finish in time")
-        time.sleep(0.05)
 
 
 def warm_up_and_freeze() -> None:
@@ -59,6 +45,8 @@ def warm_up_and_freeze() -> None:
     gc.freeze()
 
 
+# MLflow touches the database only on the first request, never at import: hold the app back
+# until the supervisor says the schema is current.
 wait_for_migration()
 warm_up_and_freeze()
 app = ScrubDatabaseErrors(TrackingApiShortcut(mlflow_app, _EfficientWSGIMiddleware(flask_app)))

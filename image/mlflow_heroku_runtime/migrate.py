@@ -12,9 +12,14 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 
 UNREACHABLE = 3
 MIGRATION_FAILED = 4
+# Set by the supervisor for MLflow's uvicorn: the file it creates once the schema is current,
+# and its own process id.
+MIGRATED_FLAG_VARIABLE = "_MLFLOW_HEROKU_MIGRATED_FLAG"
+SUPERVISOR_PID_VARIABLE = "_MLFLOW_HEROKU_SUPERVISOR_PID"
 
 
 def log(message: str) -> None:
@@ -79,6 +84,35 @@ def main() -> int:
         engine.dispose()
     log(f"schema of {where} is up to date ({time.monotonic() - started:.1f} s)")
     return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, run by another user
+        return True
+    return True
+
+
+def wait_for_migration(poll_seconds: float = 0.05) -> None:
+    """Block MLflow's uvicorn (at its import of the app, before it listens) until the
+    supervisor's flag file says the schema is current.
+
+    No time limit: migrating a large database can take minutes (nginx answers 503 meanwhile,
+    and Heroku only times out the binding of $PORT), and the supervisor already stops this
+    process when the migration fails or the dyno stops. Only a supervisor that is gone
+    (killed outright) ends the wait, so nothing waits for ever.
+    """
+    flag = os.environ.get(MIGRATED_FLAG_VARIABLE)
+    if not flag:
+        return
+    supervisor = int(os.environ.get(SUPERVISOR_PID_VARIABLE) or os.getppid())
+    while not Path(flag).exists():
+        if not _alive(supervisor):
+            raise SystemExit("mlflow: the supervisor exited before the database was migrated")
+        time.sleep(poll_seconds)
 
 
 if __name__ == "__main__":

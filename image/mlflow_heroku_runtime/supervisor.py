@@ -31,11 +31,15 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
+from .migrate import MIGRATED_FLAG_VARIABLE, SUPERVISOR_PID_VARIABLE
 from .plan import UPSTREAM_IDLE_SECONDS, Plan, argument_parser
 
 RUNTIME_PACKAGE_DIR = Path(__file__).resolve().parent
 STOP_GRACE_SECONDS = 8.0  # Heroku allows 30 s; the brief promises everything gone within 10
 MLFLOW_GRACEFUL_SECONDS = 6
+# How long a child stopped by SIGTERM/SIGINT may precede our own copy of the signal (Heroku and
+# a terminal signal every process, in no set order) before its end counts as a failure.
+SIBLING_SIGNAL_SECONDS = 1.0
 LOOPBACK = "127.0.0.1"
 CONFIG_ERROR_EXIT = 2
 CHILD_FAILED_EXIT = 1
@@ -173,7 +177,8 @@ class Supervisor:
                 "MLFLOW_ENABLE_WORKSPACES": env.get("MLFLOW_ENABLE_WORKSPACES", "false"),
                 "_MLFLOW_HEROKU_DB_DESCRIPTION": self.plan.database_description,
                 "MLFLOW_HEROKU_DB_WAIT_SECONDS": str(self.plan.db_wait_seconds),
-                "_MLFLOW_HEROKU_MIGRATED_FLAG": str(self.migrated_flag),
+                MIGRATED_FLAG_VARIABLE: str(self.migrated_flag),
+                SUPERVISOR_PID_VARIABLE: str(os.getpid()),
                 "PYTHONPATH": os.pathsep.join(
                     filter(None, [str(RUNTIME_PACKAGE_DIR.parent), env.get("PYTHONPATH")])
                 ),
@@ -204,6 +209,17 @@ class Supervisor:
             self._pump(0.1)
         return True
 
+    def await_own_signal(self, ended: subprocess.Popen[bytes]) -> None:
+        """A child that died of SIGTERM/SIGINT, or stopped cleanly (nginx and uvicorn exit 0 on
+        them), was most likely signalled with every process (Heroku's stop, Ctrl-C), in no set
+        order: give our own copy of the signal a moment to arrive, so that the stop is not
+        taken for a failure."""
+        if ended.returncode not in (0, -signal.SIGTERM, -signal.SIGINT):
+            return
+        grace_ends = time.monotonic() + SIBLING_SIGNAL_SECONDS
+        while self.stop_signal is None and time.monotonic() < grace_ends:
+            self._pump(0.05)
+
     def failed_child(self) -> str | None:
         """The name of the first long-running child that has exited, if any."""
         for name in ("nginx", "mlflow"):
@@ -229,6 +245,9 @@ class Supervisor:
         deadline = time.monotonic() + 5
         while not port_accepts(self.plan.port):
             self._pump(0.02)
+            if self.stop_signal is not None:
+                log(f"received {signal.Signals(self.stop_signal).name}; stopping")
+                return self.shutdown(0)
             if self.children["nginx"].poll() is not None or time.monotonic() > deadline:
                 self._drain()
                 log(f"nginx did not start on port {self.plan.port}; see its messages above")
@@ -246,10 +265,14 @@ class Supervisor:
         # MLflow's import (~4 s) overlaps the migration; asgi.py holds the app back until
         # this flag file exists, so uvicorn never serves an unmigrated database.
         self._spawn("mlflow", self.uvicorn_argv(), env)
-        if not self.wait_for("migrate"):
-            if self.stop_signal is not None:
-                log(f"received {signal.Signals(self.stop_signal).name}; stopping")
-                return self.shutdown(0)
+        migrated = self.wait_for("migrate")
+        ended = migrate if migrated else self.children.get(self.failed_child() or "")
+        if ended is not None:
+            self.await_own_signal(ended)
+        if self.stop_signal is not None:
+            log(f"received {signal.Signals(self.stop_signal).name}; stopping")
+            return self.shutdown(0)
+        if not migrated:
             self._drain()
             failed = self.failed_child()
             log(f"{failed} exited unexpectedly during the migration; stopping the rest")
@@ -268,6 +291,7 @@ class Supervisor:
             failed = self.failed_child()
             if failed is not None:
                 self._drain()
+                self.await_own_signal(self.children[failed])
                 if self.stop_signal is not None:
                     # Heroku signalled every process and the child was quicker than us.
                     continue

@@ -322,6 +322,43 @@ def test_unreachable_database_answers_503_then_exits(s3: S3Server) -> None:
         stack.stop()
 
 
+@pytest.mark.parametrize("order", ["first process", "every process", "children first"])
+def test_sigterm_while_waiting_for_the_database_is_a_clean_stop(s3: S3Server, order: str) -> None:
+    """Heroku may stop a dyno during the migration; it signals every process, in no set
+    order. That is a stop, not a failed migration, whichever process hears it first."""
+    env = heroku_env(
+        port=free_port(),
+        database_url=f"postgres://mlflow:pw@127.0.0.1:{free_port()}/mlflow",
+        s3=s3,
+        MLFLOW_HEROKU_DB_WAIT_SECONDS="30",
+    )
+    stack = start_stack(env, wait_ready=False)
+    try:
+        deadline = time.monotonic() + 20
+        while "unreachable (attempt 1)" not in stack.output() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "unreachable (attempt 1)" in stack.output()
+        if order == "every process":
+            os.killpg(stack.process.pid, signal.SIGTERM)
+        elif order == "children first":  # migrate and uvicorn are gone before we hear it
+            for pid in descendants(stack.process.pid)[1:]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+            time.sleep(0.3)
+            stack.process.send_signal(signal.SIGTERM)
+        else:
+            stack.process.send_signal(signal.SIGTERM)
+        code, seconds = wait_exit(stack, 15)
+        output = stack.output()
+        assert code == 0, output[-2000:]
+        assert seconds < 10
+        assert "entrypoint: received SIGTERM; stopping" in output
+        assert "migration failed" not in output
+        assert group_members(stack.process.pid) == []
+    finally:
+        stack.stop()
+
+
 def test_wrong_database_password_is_named_not_echoed(
     postgres: PostgresCluster, s3: S3Server
 ) -> None:
