@@ -35,6 +35,7 @@ class Plan:
     password: str
     mlflow_env: dict[str, str] = field(default_factory=dict)
     nginx_preload: str | None = None  # LD_PRELOAD library: nginx stops gracefully on SIGTERM
+    nginx_reachable_at: str = "127.0.0.1"  # where the supervisor checks that nginx listens
     secrets: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:

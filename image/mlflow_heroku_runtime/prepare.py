@@ -19,7 +19,7 @@ from . import nginx_config
 from .errors import ConfigError
 from .htpasswd import write_htpasswd
 from .plan import Plan, argument_parser
-from .settings import Settings, generate_local_password, load_settings
+from .settings import Settings, generate_local_password, load_settings, reachable_address
 
 LOOPBACK = "127.0.0.1"
 CONFIG_ERROR_EXIT = 2
@@ -122,6 +122,7 @@ def main(argv: Sequence[str]) -> int:
         password=settings.password,
         mlflow_env=settings.mlflow_env,
         nginx_preload=settings.nginx_preload,
+        nginx_reachable_at=reachable_address(settings.listen_address),
         secrets=list(settings.secrets),
     )
     sys.stdout.write(plan.to_json())

@@ -141,6 +141,15 @@ def _listen_address(collector: _Collector, environ: Mapping[str, str], local: bo
     return f"[{address}]" if address.version == 6 else str(address)
 
 
+def reachable_address(listen_address: str) -> str:
+    """Where the supervisor reaches nginx's $PORT: loopback of the same family when nginx binds
+    every interface (0.0.0.0, or [::], which nginx binds IPv6-only), else the address itself."""
+    address = ipaddress.ip_address(listen_address.strip("[]"))
+    if address.is_unspecified:
+        return "::1" if address.version == 6 else "127.0.0.1"
+    return str(address)
+
+
 def _nginx_preload(collector: _Collector, environ: Mapping[str, str]) -> str | None:
     """The graceful-SIGTERM library for nginx: the variable's file (which must exist),
     else the image's default path if present, else None (the supervisor warns)."""

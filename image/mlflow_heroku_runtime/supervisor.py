@@ -63,8 +63,8 @@ def log(message: str) -> None:
     print(f"entrypoint: {message}", file=sys.stderr, flush=True)
 
 
-def port_accepts(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), 0.2):
+def port_accepts(address: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((address, port), 0.2):
         return True
     return False
 
@@ -243,7 +243,7 @@ class Supervisor:
         started = time.monotonic()
         self.start_nginx()
         deadline = time.monotonic() + 5
-        while not port_accepts(self.plan.port):
+        while not port_accepts(self.plan.nginx_reachable_at, self.plan.port):
             self._pump(0.02)
             if self.stop_signal is not None:
                 log(f"received {signal.Signals(self.stop_signal).name}; stopping")

@@ -359,6 +359,29 @@ def test_sigterm_while_waiting_for_the_database_is_a_clean_stop(s3: S3Server, or
         stack.stop()
 
 
+def test_nginx_on_ipv6_loopback_starts_and_serves(s3: S3Server) -> None:
+    """MLFLOW_HEROKU_LISTEN_ADDRESS=::1: the supervisor checks nginx there, not on 127.0.0.1."""
+    port = free_port()
+    env = heroku_env(
+        port=port,
+        database_url=f"postgres://mlflow:pw@127.0.0.1:{free_port()}/mlflow",
+        s3=s3,
+        MLFLOW_HEROKU_LISTEN_ADDRESS="::1",
+        MLFLOW_HEROKU_DB_WAIT_SECONDS="30",
+    )
+    stack = start_stack(env, wait_ready=False)
+    try:
+        deadline = time.monotonic() + 10
+        while "answering 503" not in stack.output() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert f"nginx listening on port {port}" in stack.output()
+        assert stack.process.poll() is None, stack.output()
+        health = requests.get(f"http://[::1]:{port}/health", timeout=10)
+        assert health.status_code == 503  # up, waiting for the (absent) database
+    finally:
+        stack.stop()
+
+
 def test_wrong_database_password_is_named_not_echoed(
     postgres: PostgresCluster, s3: S3Server
 ) -> None:

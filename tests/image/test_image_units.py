@@ -211,6 +211,22 @@ def test_listen_address_is_all_interfaces_on_a_dyno_unless_set() -> None:
     assert load_settings(ipv6).listen_address == "[::1]"
 
 
+@pytest.mark.parametrize(
+    ("listen_address", "reachable"),
+    [
+        ("0.0.0.0", "127.0.0.1"),  # noqa: S104 (the dyno default)
+        ("127.0.0.1", "127.0.0.1"),
+        ("127.0.0.2", "127.0.0.2"),
+        ("[::]", "::1"),  # nginx binds [::] IPv6-only
+        ("[::1]", "::1"),
+    ],
+)
+def test_the_supervisor_checks_nginx_where_it_listens(listen_address: str, reachable: str) -> None:
+    from mlflow_heroku_runtime.settings import reachable_address
+
+    assert reachable_address(listen_address) == reachable
+
+
 def test_nginx_preload_is_the_variable_or_the_image_default(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
