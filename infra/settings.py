@@ -102,6 +102,7 @@ _S3_PREFIX = re.compile(r"[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*")
 _NGINX_SIZE = re.compile(r"([1-9][0-9]{0,9})([kKmMgG]?)")
 _SIZE_FACTORS: Final = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 MIN_BODY_SIZE: Final = 1024**3  # the image refuses less: artifacts of 1 GB must fit
+MAX_BODY_SIZE: Final = 5 * 1024**4  # S3's largest object; the image refuses more
 _KMS_KEY = re.compile(r"arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]{1,128}")
 _HOSTNAME_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _LOGIN_USER = re.compile(r"[A-Za-z0-9._@+-]{1,64}")
@@ -280,8 +281,11 @@ def check_body_size(value: str) -> str | None:
     match = _NGINX_SIZE.fullmatch(value)
     if not match:
         return "is not an nginx size; use a number with an optional k, m or g suffix, e.g. 5g"
-    if int(match.group(1)) * _SIZE_FACTORS[match.group(2).lower()] < MIN_BODY_SIZE:
+    size = int(match.group(1)) * _SIZE_FACTORS[match.group(2).lower()]
+    if size < MIN_BODY_SIZE:
         return "is too small; allowed: 1g or more (e.g. 1024m, 5g), so large artifacts fit"
+    if size > MAX_BODY_SIZE:
+        return "is too large; allowed: up to 5120g (S3's largest object is 5 TiB)"
     return None
 
 

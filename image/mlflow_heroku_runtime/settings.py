@@ -25,6 +25,8 @@ S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 AWS_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 NGINX_SIZE = re.compile(r"^(\d+)([kKmMgG]?)$")
 SIZE_FACTORS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+# S3's largest object; also far below what nginx can represent (a larger value stops nginx).
+MAX_BODY_BYTES = 5 * 1024**4
 ONE_GB = 1024**3
 # Where the image puts the LD_PRELOAD library that makes nginx stop gracefully on SIGTERM
 # (image/nginx_graceful_term.c; MLFLOW_HEROKU_NGINX_PRELOAD overrides it).
@@ -181,6 +183,8 @@ def _body_size(collector: _Collector, raw: str) -> str:
     size = int(match.group(1)) * SIZE_FACTORS[match.group(2).lower()]
     if size < ONE_GB:
         collector.problem(f"{name} must be at least 1g so large artifacts fit")
+    elif size > MAX_BODY_BYTES:
+        collector.problem(f"{name} must be at most 5120g (S3's largest object is 5 TiB)")
     return raw.strip().lower()
 
 

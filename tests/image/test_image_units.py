@@ -178,6 +178,8 @@ REMOVED_OR_BAD = [
     ("MLFLOW_HEROKU_DB_WAIT_SECONDS", "90", "MLFLOW_HEROKU_DB_WAIT_SECONDS must be from 0 to 50"),
     ("MLFLOW_HEROKU_MAX_BODY_SIZE", "lots", "MLFLOW_HEROKU_MAX_BODY_SIZE must be a size"),
     ("MLFLOW_HEROKU_MAX_BODY_SIZE", "100m", "MLFLOW_HEROKU_MAX_BODY_SIZE must be at least 1g"),
+    ("MLFLOW_HEROKU_MAX_BODY_SIZE", "5121g", "MLFLOW_HEROKU_MAX_BODY_SIZE must be at most 5120g"),
+    ("MLFLOW_HEROKU_MAX_BODY_SIZE", "9999999999g", "MLFLOW_HEROKU_MAX_BODY_SIZE must be at most"),
     ("MLFLOW_HEROKU_PROXY_READ_TIMEOUT", "1", "MLFLOW_HEROKU_PROXY_READ_TIMEOUT must be from 5"),
     ("MLFLOW_HEROKU_LISTEN_ADDRESS", "localhost", "MLFLOW_HEROKU_LISTEN_ADDRESS must be an IP"),
     ("MLFLOW_HEROKU_AUTH_FAILURES_PER_MINUTE", "0", "MLFLOW_HEROKU_AUTH_FAILURES_PER_MINUTE"),
@@ -470,10 +472,14 @@ def test_upstream_keepalive_only_with_one_worker(
     assert_nginx_accepts(config, tmp_path)
 
 
-def test_rendered_config_passes_nginx_t(tmp_path: Path) -> None:
+@pytest.mark.parametrize("max_body_size", ["1g", "5g", "5120g"])  # the allowed range's ends
+def test_rendered_config_passes_nginx_t(tmp_path: Path, max_body_size: str) -> None:
     htpasswd.write_htpasswd(tmp_path / "htpasswd", "alice", "s3cret-pw")
     config = tmp_path / "nginx.conf"
-    config.write_text(nginx_config.render(_params(tmp_path)))
+    params = nginx_config.NginxParams(
+        **{**_params(tmp_path).__dict__, "max_body_size": max_body_size}
+    )
+    config.write_text(nginx_config.render(params))
     assert_nginx_accepts(config, tmp_path)
 
 
