@@ -22,7 +22,7 @@ LOCAL_PORT = 8080
 LOCAL_USERNAME = "mlflow"
 MIN_PASSWORD_LENGTH = 8
 S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-AWS_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+AWS_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")  # fullmatch
 NGINX_SIZE = re.compile(r"^(\d+)([kKmMgG]?)$")
 SIZE_FACTORS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 # S3's largest object; also far below what nginx can represent (a larger value stops nginx).
@@ -169,6 +169,16 @@ def _nginx_preload(collector: _Collector, environ: Mapping[str, str]) -> str | N
     return str(path)
 
 
+def _is_utf8(value: str) -> bool:
+    """False for a value that came from the environment as bytes that are not UTF-8 (Python
+    keeps them as lone surrogates), which the login's encoding would fail on later."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_text(collector: _Collector, name: str, value: str) -> None:
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         collector.problem(f"{name} contains a control character (newline, tab...): remove it")
@@ -267,9 +277,15 @@ def load_settings(
         )
     if secret_key:
         secret_values.append(secret_key)
+    # Values checked after stripping are also passed on stripped: MLflow and boto3 would
+    # choke on the whitespace (a trailing newline from `heroku config:set X="$(cat f)"`).
+    cleaned: dict[str, str] = {}
     for name in ("AWS_DEFAULT_REGION", "AWS_REGION"):
         region = environ.get(name)
-        if region is not None and not AWS_REGION.match(region):
+        if region is None:
+            continue
+        cleaned[name] = region.strip()
+        if not AWS_REGION.fullmatch(cleaned[name]):
             collector.problem(f"{name} must look like eu-west-1 (an AWS region name)")
     endpoint = environ.get("MLFLOW_S3_ENDPOINT_URL")
     if endpoint is not None:
@@ -288,6 +304,10 @@ def load_settings(
         collector.problem("MLFLOW_TRACKING_USERNAME is not set: set the login's user name")
     elif ":" in username:
         collector.problem("MLFLOW_TRACKING_USERNAME must not contain ':' (basic auth splits there)")
+    elif not _is_utf8(username):
+        collector.problem(
+            "MLFLOW_TRACKING_USERNAME is not valid UTF-8: set it from a UTF-8 locale or tool"
+        )
     else:
         _check_text(collector, "MLFLOW_TRACKING_USERNAME", username)
     password = environ.get("MLFLOW_TRACKING_PASSWORD", "")
@@ -300,7 +320,11 @@ def load_settings(
         )
     else:
         secret_values.append(password)
-        if len(password) < MIN_PASSWORD_LENGTH:
+        if not _is_utf8(password):
+            collector.problem(
+                "MLFLOW_TRACKING_PASSWORD is not valid UTF-8: set it from a UTF-8 locale or tool"
+            )
+        elif len(password) < MIN_PASSWORD_LENGTH:
             collector.problem(
                 f"MLFLOW_TRACKING_PASSWORD is too short: use at least {MIN_PASSWORD_LENGTH} "
                 "characters"
@@ -336,13 +360,18 @@ def load_settings(
             collector.problem(f"{name} must be a comma-separated list without empty entries")
     for name in ("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):
         value = environ.get(name)
-        if value is not None and value.strip().lower() not in ("true", "false", "1", "0"):
+        if value is None:
+            continue
+        cleaned[name] = value.strip()
+        if cleaned[name].lower() not in ("true", "false", "1", "0"):
             collector.problem(f"{name} must be true or false")
 
     if collector.problems:
         raise ConfigError(collector.problems)
 
-    mlflow_env = {name: environ[name] for name in MLFLOW_PASSTHROUGH if name in environ}
+    mlflow_env = {
+        name: cleaned.get(name, environ[name]) for name in MLFLOW_PASSTHROUGH if name in environ
+    }
     mlflow_env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     mlflow_env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     mlflow_env.setdefault("DO_NOT_TRACK", "true")

@@ -187,6 +187,9 @@ REMOVED_OR_BAD = [
     ("MLFLOW_SERVER_CORS_ALLOWED_ORIGINS", " ", "MLFLOW_SERVER_CORS_ALLOWED_ORIGINS must be"),
     ("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "maybe", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION must be"),
     ("MLFLOW_DISABLE_TELEMETRY", "yes please", "MLFLOW_DISABLE_TELEMETRY must be true or false"),
+    # Bytes that are not UTF-8 (a Latin-1 environment) reach Python as lone surrogates.
+    ("MLFLOW_TRACKING_PASSWORD", "p\udce4ssword-12", "MLFLOW_TRACKING_PASSWORD is not valid UTF-8"),
+    ("MLFLOW_TRACKING_USERNAME", "j\udcf6rg", "MLFLOW_TRACKING_USERNAME is not valid UTF-8"),
 ]
 
 
@@ -472,12 +475,21 @@ def test_upstream_keepalive_only_with_one_worker(
     assert_nginx_accepts(config, tmp_path)
 
 
-@pytest.mark.parametrize("max_body_size", ["1g", "5g", "5120g"])  # the allowed range's ends
-def test_rendered_config_passes_nginx_t(tmp_path: Path, max_body_size: str) -> None:
-    htpasswd.write_htpasswd(tmp_path / "htpasswd", "alice", "s3cret-pw")
+@pytest.mark.parametrize(
+    ("max_body_size", "username"),
+    [
+        ("1g", "alice"),  # the allowed range's ends
+        ("5g", "alice"),
+        ("5120g", "alice"),
+        # A long login makes a long expected header: no map hash bucket limit applies to it.
+        ("5g", "u" * 300),
+    ],
+)
+def test_rendered_config_passes_nginx_t(tmp_path: Path, max_body_size: str, username: str) -> None:
+    htpasswd.write_htpasswd(tmp_path / "htpasswd", username, "s3cret-pw")
     config = tmp_path / "nginx.conf"
     params = nginx_config.NginxParams(
-        **{**_params(tmp_path).__dict__, "max_body_size": max_body_size}
+        **{**_params(tmp_path).__dict__, "max_body_size": max_body_size, "username": username}
     )
     config.write_text(nginx_config.render(params))
     assert_nginx_accepts(config, tmp_path)
@@ -741,3 +753,23 @@ def test_the_app_stops_waiting_when_the_supervisor_is_gone(tmp_path: Path) -> No
     assert waiting.returncode == 1
     assert out == ""
     assert "the supervisor exited before the database was migrated" in err
+
+
+def test_values_checked_after_stripping_reach_mlflow_stripped() -> None:
+    """boto3 refuses a region with a trailing newline and MLflow a boolean with spaces, so what
+    passes the check stripped is passed on stripped."""
+    env = {
+        **GOOD_ENV,
+        "AWS_REGION": "eu-west-1\n",
+        "AWS_DEFAULT_REGION": " us-east-2 ",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": " true",
+        "DO_NOT_TRACK": "1\n",
+    }
+    passed = load_settings(env).mlflow_env
+    assert passed["AWS_REGION"] == "eu-west-1"
+    assert passed["AWS_DEFAULT_REGION"] == "us-east-2"
+    assert passed["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "true"
+    assert passed["DO_NOT_TRACK"] == "1"
+    with pytest.raises(ConfigError) as raised:
+        load_settings({**GOOD_ENV, "AWS_REGION": "eu-west-1\nus-east-1"})
+    assert raised.value.problems == ["AWS_REGION must look like eu-west-1 (an AWS region name)"]
