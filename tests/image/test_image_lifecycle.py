@@ -322,17 +322,22 @@ def test_unreachable_database_answers_503_then_exits(s3: S3Server) -> None:
         stack.stop()
 
 
+def env_with_dead_database(s3: S3Server, **extra: str) -> dict[str, str]:
+    """Heroku's environment with a DATABASE_URL where nothing listens: nginx comes up and
+    answers 503 while the migration keeps retrying (30 s unless extra says otherwise)."""
+    return heroku_env(
+        port=free_port(),
+        database_url=f"postgres://mlflow:pw@127.0.0.1:{free_port()}/mlflow",
+        s3=s3,
+        **{"MLFLOW_HEROKU_DB_WAIT_SECONDS": "30", **extra},
+    )
+
+
 @pytest.mark.parametrize("order", ["first process", "every process", "children first"])
 def test_sigterm_while_waiting_for_the_database_is_a_clean_stop(s3: S3Server, order: str) -> None:
     """Heroku may stop a dyno during the migration; it signals every process, in no set
     order. That is a stop, not a failed migration, whichever process hears it first."""
-    env = heroku_env(
-        port=free_port(),
-        database_url=f"postgres://mlflow:pw@127.0.0.1:{free_port()}/mlflow",
-        s3=s3,
-        MLFLOW_HEROKU_DB_WAIT_SECONDS="30",
-    )
-    stack = start_stack(env, wait_ready=False)
+    stack = start_stack(env_with_dead_database(s3), wait_ready=False)
     try:
         deadline = time.monotonic() + 20
         while "unreachable (attempt 1)" not in stack.output() and time.monotonic() < deadline:
@@ -361,14 +366,8 @@ def test_sigterm_while_waiting_for_the_database_is_a_clean_stop(s3: S3Server, or
 
 def test_nginx_on_ipv6_loopback_starts_and_serves(s3: S3Server) -> None:
     """MLFLOW_HEROKU_LISTEN_ADDRESS=::1: the supervisor checks nginx there, not on 127.0.0.1."""
-    port = free_port()
-    env = heroku_env(
-        port=port,
-        database_url=f"postgres://mlflow:pw@127.0.0.1:{free_port()}/mlflow",
-        s3=s3,
-        MLFLOW_HEROKU_LISTEN_ADDRESS="::1",
-        MLFLOW_HEROKU_DB_WAIT_SECONDS="30",
-    )
+    env = env_with_dead_database(s3, MLFLOW_HEROKU_LISTEN_ADDRESS="::1")
+    port = int(env["PORT"])
     stack = start_stack(env, wait_ready=False)
     try:
         deadline = time.monotonic() + 10
