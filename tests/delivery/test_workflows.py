@@ -217,6 +217,9 @@ def test_every_pulumi_job_holds_its_stacks_concurrency_group() -> None:
         assert concurrency["group"] == f"pulumi-{settings['stack-name']}", where
         # Cancelling a running `pulumi up` would leave the stack locked and half-applied.
         assert concurrency["cancel-in-progress"] is False, where
+        # With GitHub's default of one pending job per group, a newly queued preview would
+        # cancel a deploy or destroy already waiting for the group.
+        assert concurrency["queue"] == "max", where
 
 
 def test_nothing_cancels_a_running_pulumi_job() -> None:
@@ -249,6 +252,13 @@ def test_pull_requests_preview_every_stack_with_one_updated_comment_each() -> No
     }
     for called in ("tests", "image"):
         assert document["jobs"][called]["uses"] == f"$/.github/workflows/{called}.yml"
+        assert "if" not in document["jobs"][called]  # forks and Dependabot are tested too
+    # Only runs that get the repository's Actions secrets preview (not forks, not Dependabot).
+    condition = " ".join(preview["if"].split())
+    assert condition == (
+        "github.event.pull_request.head.repo.full_name == github.repository "
+        "&& github.actor != 'dependabot[bot]'"
+    )
 
 
 def test_main_deploys_dev_then_smoke_checks_then_prod_behind_its_environment() -> None:
