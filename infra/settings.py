@@ -101,6 +101,7 @@ _IPV4 = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
 _S3_PREFIX = re.compile(r"[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*")
 _NGINX_SIZE = re.compile(r"([1-9][0-9]{0,9})([kKmMgG]?)")
 _SIZE_FACTORS: Final = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+MAX_RELEASE_TIMEOUT_SECONDS: Final = 1800
 MIN_BODY_SIZE: Final = 1024**3  # the image refuses less: artifacts of 1 GB must fit
 MAX_BODY_SIZE: Final = 5 * 1024**4  # S3's largest object; the image refuses more
 _KMS_KEY = re.compile(r"arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]{1,128}")
@@ -424,7 +425,9 @@ def load(
     key_generation = reader.integer("accessKeyGeneration", 1, 1_000_000)
     protect_data = reader.boolean("protectData")
     custom_domains = _read_domains(reader)
-    release_timeout = reader.integer("releaseTimeoutSeconds", 60, 3600)
+    # At most 30 min: the deploy job's 60 min must also cover the image build and push, and a
+    # status read that Heroku throttles or fails can add a few minutes past this deadline.
+    release_timeout = reader.integer("releaseTimeoutSeconds", 60, MAX_RELEASE_TIMEOUT_SECONDS)
 
     aws_region = get("aws:region") or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
     if not aws_region:

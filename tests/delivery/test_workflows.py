@@ -278,6 +278,16 @@ def test_main_deploys_dev_then_smoke_checks_then_prod_behind_its_environment() -
         assert job["steps"][up_index]["with"]["stack-name"] == stack
 
 
+def test_a_deploy_job_outlasts_the_longest_release_wait() -> None:
+    """GitHub killing `pulumi up` mid-release would leave the stack locked: each deploy job
+    has room for the build and push (15 min) besides the longest allowed release wait."""
+    from infra.settings import MAX_RELEASE_TIMEOUT_SECONDS
+
+    for job in ("dev", "prod"):
+        minutes = workflow("deploy.yml")["jobs"][job]["timeout-minutes"]
+        assert minutes * 60 >= MAX_RELEASE_TIMEOUT_SECONDS + 15 * 60, job
+
+
 def test_the_program_dependencies_land_where_pulumi_yaml_looks() -> None:
     """pulumi/actions runs the CLI, which uses the virtualenv that Pulumi.yaml names."""
     virtualenv = load(REPO_ROOT / "Pulumi.yaml")["runtime"]["options"]["virtualenv"]

@@ -146,7 +146,8 @@ BAD_VALUES = [
     ("customDomains", '["Example.com"]', "'Example.com' is not a valid lowercase DNS host name"),
     ("customDomains", '["x.herokuapp.com"]', "'x.herokuapp.com' is a herokuapp.com name"),
     ("customDomains", '["a.example.com", "a.example.com"]', "lists a host name twice"),
-    ("releaseTimeoutSeconds", "5", "5 is out of range; allowed: 60 to 3600"),
+    ("releaseTimeoutSeconds", "5", "5 is out of range; allowed: 60 to 1800"),
+    ("releaseTimeoutSeconds", "3600", "3600 is out of range; allowed: 60 to 1800"),
     ("aws:region", None, "aws:region: is required"),
     ("aws:region", "europe", "aws:region: 'europe' is not an AWS region name"),
     ("heroku:apiKey", None, "heroku:apiKey: is required"),
@@ -265,7 +266,7 @@ BAD_STRATEGIES = {
         printable.filter(lambda value: not re.fullmatch(r"\s*\+?0*1\s*", value)),
     ),
     "mlflowWorkers": st.integers(min_value=17, max_value=10**30).map(str),
-    "releaseTimeoutSeconds": st.one_of(st.integers(max_value=59), st.integers(min_value=3601)).map(
+    "releaseTimeoutSeconds": st.one_of(st.integers(max_value=59), st.integers(min_value=1801)).map(
         str
     ),
     "dbPoolSize": st.one_of(st.integers(max_value=0), st.integers(min_value=51)).map(str),
