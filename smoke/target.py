@@ -43,17 +43,24 @@ def normalise_url(raw: str) -> str:
     Error messages never repeat the URL when it carries a login, so no password is echoed.
     """
     text = raw.strip()
-    parsed = urllib.parse.urlsplit(text)
-    if parsed.username is not None or parsed.password is not None:
+    # Any "@" may be a login, also in a URL too malformed to parse (a mistyped scheme hides
+    # the host from urlsplit): such a URL is refused without being repeated.
+    if "@" in text:
         raise TargetError(
-            "the URL contains a login (user:password@host): remove it from the URL and pass "
-            f"the login with --username and the {PASSWORD_VARIABLE} environment variable"
+            "the URL contains a login (user:password@host) or an '@': remove it from the URL "
+            f"and pass the login with --username and the {PASSWORD_VARIABLE} environment variable"
         )
+    not_a_url = TargetError(
+        f"not an http(s) URL: {text!r}; pass the tracking URI, e.g. "
+        "https://my-app-1a2b3c4d5e6f.herokuapp.com"
+    )
+    try:
+        parsed = urllib.parse.urlsplit(text)
+        parsed.port  # noqa: B018 (raises ValueError for a port that is not a number)
+    except ValueError:  # e.g. an unclosed "[" of an IPv6 host
+        raise not_a_url from None
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise TargetError(
-            f"not an http(s) URL: {text!r}; pass the tracking URI, e.g. "
-            "https://my-app-1a2b3c4d5e6f.herokuapp.com"
-        )
+        raise not_a_url
     if parsed.query or parsed.fragment:
         raise TargetError(f"the URL must not have a query or fragment: {text!r}")
     return text.rstrip("/")

@@ -317,6 +317,12 @@ def test_bad_numbers_are_usage_errors(bad: str, capsys: pytest.CaptureFixture[st
 # --------------------------------------------------------------------------- the target
 
 
+def test_a_malformed_url_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    environ = {"MLFLOW_TRACKING_PASSWORD": "p"}
+    assert main(["--url", "https://[::1", "--username", "u"], environ=environ) == EXIT_USAGE
+    assert "not an http(s) URL" in capsys.readouterr().err
+
+
 def test_missing_settings_are_named(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([], environ={}) == EXIT_USAGE
     assert "no server given: pass --url, set MLFLOW_TRACKING_URI" in capsys.readouterr().err
@@ -331,6 +337,12 @@ def test_missing_settings_are_named(capsys: pytest.CaptureFixture[str]) -> None:
         ("example.test", "not an http(s) URL"),
         ("https://example.test/?x=1", "must not have a query"),
         ("https://user:hunter2-secret@example.test", "contains a login"),
+        # Mistyped schemes hide the host from urlsplit: the login must still not be echoed.
+        ("mlflow:hunter2-secret@my-app.herokuapp.com", "contains a login"),
+        ("https//mlflow:hunter2-secret@example.test", "contains a login"),
+        ("https:/mlflow:hunter2-secret@example.test", "contains a login"),
+        ("https://[::1", "not an http(s) URL"),  # urlsplit raises on it
+        ("https://example.test:port", "not an http(s) URL"),
     ],
 )
 def test_bad_urls_are_refused_without_echoing_a_login(url: str, problem: str) -> None:
@@ -360,9 +372,13 @@ def test_arguments_win_over_the_stack_and_the_stack_over_the_environment() -> No
     from_stack = resolve_target(pulumi_stack="dev", environ=environ, run=fake_pulumi)
     assert from_stack == Target("https://stack.example.test", "stack-user", "stack-password")
     overridden = resolve_target(
-        url="https://arg.example.test", username="arg-user", environ=environ, run=fake_pulumi
+        url="https://arg.example.test",
+        username="arg-user",
+        pulumi_stack="dev",
+        environ=environ,
+        run=fake_pulumi,
     )
-    assert overridden == Target("https://arg.example.test", "arg-user", "env-password")
+    assert overridden == Target("https://arg.example.test", "arg-user", "stack-password")
     assert "stack-password" not in repr(from_stack)
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +25,12 @@ def browser() -> Iterator[Any]:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
+    # Chromium's profile and its singleton-socket directory (made under TMPDIR) go in a
+    # directory of this test's, removed afterwards, so nothing of them outlives it. A short
+    # path: the socket's must fit a Unix socket address (108 bytes), pytest's tmp_path does not.
+    scratch = Path(tempfile.mkdtemp(prefix="chromium-"))
     options = webdriver.ChromeOptions()
+    options.add_argument(f"--user-data-dir={scratch / 'profile'}")
     options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
     for argument in (
         "--headless",
@@ -34,12 +41,18 @@ def browser() -> Iterator[Any]:
         "--window-size=1400,1000",
     ):
         options.add_argument(argument)
-    service = Service(executable_path=shutil.which("chromedriver") or "/usr/bin/chromedriver")
-    driver = webdriver.Chrome(options=options, service=service)
+    service = Service(
+        executable_path=shutil.which("chromedriver") or "/usr/bin/chromedriver",
+        env={**os.environ, "TMPDIR": str(scratch)},
+    )
     try:
-        yield driver
+        driver = webdriver.Chrome(options=options, service=service)
+        try:
+            yield driver
+        finally:
+            driver.quit()
     finally:
-        driver.quit()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def test_ui_shows_an_experiment_created_by_the_test(stack: Stack, browser: Any) -> None:

@@ -12,7 +12,7 @@ import uuid
 import pytest
 import requests
 
-from tests.support.services import PostgresCluster, S3Server, Stack
+from tests.support.services import PostgresCluster, S3Server, Stack, mlflow_port_of
 
 pytestmark = pytest.mark.integration
 API = "/api/2.0/mlflow"
@@ -130,3 +130,4 @@ def test_tests_keep_nginx_and_mlflow_on_loopback(stack: Stack) -> None:
     # heroku_env sets MLFLOW_HEROKU_LISTEN_ADDRESS=127.0.0.1: nothing the tests start may be
     # reachable from outside this machine, although DYNO is set (a dyno listens on 0.0.0.0).
     assert _listening_addresses(stack.port) == {"0100007F"}  # 127.0.0.1, nothing else
+    assert _listening_addresses(mlflow_port_of(stack)) == {"0100007F"}  # uvicorn too

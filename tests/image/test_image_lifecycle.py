@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -434,6 +435,15 @@ def test_local_mode_refused_on_a_dyno(s3: S3Server) -> None:
         assert "--local is refused on a Heroku dyno" in stack.output()
     finally:
         stack.stop()
+
+
+def test_a_stack_that_cannot_launch_leaves_nothing_behind(tmp_path: Path) -> None:
+    """start_stack itself: when the process cannot even start (here: no such working
+    directory), its output file and directory are removed, as after any other failure."""
+    before = set(Path(tempfile.gettempdir()).glob("mlflow-heroku-stack-*"))
+    with pytest.raises(FileNotFoundError):
+        start_stack({}, args=["--local"], cwd=tmp_path / "missing", port=free_port())
+    assert set(Path(tempfile.gettempdir()).glob("mlflow-heroku-stack-*")) <= before
 
 
 def test_local_mode_runs_on_embedded_defaults(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support.services import S3Server, Stack, descendants
+from tests.support.services import S3Server, Stack, mlflow_port_of
 
 pytestmark = pytest.mark.integration
 
@@ -183,14 +183,6 @@ def test_r_client_rest_calls(stack: Stack) -> None:
     call("POST", "experiments/delete", json={"experiment_id": experiment_id})
 
 
-def _mlflow_port(stack: Stack) -> int:
-    for pid in descendants(stack.process.pid):
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        if b"uvicorn" in argv and b"--port" in argv:
-            return int(argv[argv.index(b"--port") + 1])
-    raise AssertionError("no uvicorn child with --port")
-
-
 def _established_to(port: int) -> set[int]:
     """Local ports of ESTABLISHED loopback TCP connections whose remote end is ``port``."""
     local_ports = set()
@@ -205,7 +197,7 @@ def _established_to(port: int) -> set[int]:
 def test_nginx_reuses_its_connections_to_mlflow(stack: Stack) -> None:
     """With one worker (the default) nginx keeps connections to MLflow open and reuses them
     (docs/image.md): the same connections carry a second batch of requests."""
-    port = _mlflow_port(stack)
+    port = mlflow_port_of(stack)
     url = f"{stack.url}/api/2.0/mlflow/experiments/get?experiment_id=0"
     with requests.Session() as session:
         for _ in range(20):

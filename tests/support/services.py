@@ -115,7 +115,9 @@ class PostgresCluster:
             f"-c unix_socket_directories='{self.data_dir}' -c fsync=off "
             "-c full_page_writes=off -c synchronous_commit=off -c max_connections=100"
         )
-        result = self._pg_ctl("-w", "-t", "30", "-l", str(self.log_file), "-o", options, "start")
+        result = self._pg_ctl(
+            "-w", "-t", "30", "-l", str(self.log_file), "-o", options, "start", check=False
+        )
         if result.returncode != 0 or not wait_for_port(self.port, 10):
             raise RuntimeError(f"PostgreSQL did not start: {result.stderr}\n{self.log_text()}")
 
@@ -475,15 +477,20 @@ def start_stack(
     output_dir.chmod(0o755)  # the working directory of a stack run as another user
     output_path = output_dir / "output.log"
     output_file = output_path.open("wb")
-    process = subprocess.Popen(
-        _as_user(user, [interpreter, str(ENTRYPOINT), *args], keep_env=True),
-        env=full_env,
-        stdin=subprocess.DEVNULL,
-        stdout=output_file,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group, so stop() reaches every child
-        cwd=cwd or output_dir,
-    )
+    try:
+        process = subprocess.Popen(
+            _as_user(user, [interpreter, str(ENTRYPOINT), *args], keep_env=True),
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=output_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so stop() reaches every child
+            cwd=cwd or output_dir,
+        )
+    except BaseException:  # nothing started: leave no output file or directory behind
+        output_file.close()
+        shutil.rmtree(output_dir, ignore_errors=True)
+        raise
     stack = Stack(
         port=port,
         username=full_env.get("MLFLOW_TRACKING_USERNAME", ""),
@@ -553,6 +560,18 @@ def descendants(pid: int) -> list[int]:
         found.extend(children.get(found[index], []))
         index += 1
     return found
+
+
+def mlflow_port_of(stack: Stack) -> int:
+    """The loopback port of the stack's uvicorn (MLflow), from its command line."""
+    for pid in descendants(stack.process.pid):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"uvicorn" in argv and b"--port" in argv:
+            return int(argv[argv.index(b"--port") + 1])
+    raise AssertionError("no uvicorn child with --port")
 
 
 def tree_pss_mb(pid: int) -> float:
