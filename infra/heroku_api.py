@@ -48,6 +48,7 @@ MANIFEST_FIX: Final = (
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _RETRIED_STATUSES = (500, 502, 503, 504)
 _MESSAGE_LIMIT = 500
+_MIN_REQUEST_SECONDS = 1.0  # a request near the deadline still gets this long
 
 
 class HerokuApiError(Exception):
@@ -86,6 +87,7 @@ class HerokuClient:
         max_retry_wait: float = 60.0,
         request_timeout: float = 30.0,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
         session: requests.Session | None = None,
     ) -> None:
         if not api_key:
@@ -100,6 +102,7 @@ class HerokuClient:
         self._max_retry_wait = max_retry_wait
         self._timeout = request_timeout
         self._sleep = sleep
+        self._clock = clock
         self._session = session or requests.Session()
 
     # -- HTTP plumbing -------------------------------------------------------------------------
@@ -114,17 +117,23 @@ class HerokuClient:
         what: str,
         headers: dict[str, str],
         body: Any = None,
+        deadline: float | None = None,
     ) -> requests.Response:
+        """One API call with retries; with a deadline (a ``clock`` time), neither a request's
+        timeout nor a wait between attempts goes past it."""
         delay = self._retry_delay
         for attempt in range(1, self._max_attempts + 1):
             last = attempt == self._max_attempts
+            timeout = self._timeout
+            if deadline is not None:
+                timeout = min(timeout, max(deadline - self._clock(), _MIN_REQUEST_SECONDS))
             try:
                 response = self._session.request(
                     method,
                     url,
                     headers=headers,
                     data=None if body is None else json.dumps(body),
-                    timeout=self._timeout,
+                    timeout=timeout,
                     allow_redirects=False,
                 )
             except requests.RequestException as error:
@@ -133,24 +142,33 @@ class HerokuClient:
                         f"could not reach {url} while {what} after {attempt} attempts: "
                         f"{type(error).__name__}"
                     ) from None
-                self._sleep(delay)
+                self._wait(delay, deadline, what)
                 delay = min(delay * 2, self._max_retry_wait)
                 continue
             if response.status_code == 429 and not last:
                 wait = _retry_after(response, delay)
                 if wait > self._max_retry_wait:
                     raise HerokuApiError(self._describe(response, what, retry_after=wait))
-                self._sleep(wait)
+                self._wait(wait, deadline, what)
                 delay = min(delay * 2, self._max_retry_wait)
                 continue
             if response.status_code in _RETRIED_STATUSES and not last:
-                self._sleep(delay)
+                self._wait(delay, deadline, what)
                 delay = min(delay * 2, self._max_retry_wait)
                 continue
             if response.status_code >= 300:
                 raise HerokuApiError(self._describe(response, what, attempts=attempt))
             return response
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _wait(self, seconds: float, deadline: float | None, what: str) -> None:
+        """Sleep before a retry, unless that would end past the deadline."""
+        if deadline is not None and self._clock() + seconds > deadline:
+            raise HerokuApiError(
+                f"ran out of time while {what}: Heroku's API kept failing or throttling until "
+                "the release timeout (releaseTimeoutSeconds)"
+            )
+        self._sleep(seconds)
 
     def _describe(
         self,
@@ -246,24 +264,26 @@ class HerokuClient:
 
     # -- Platform API --------------------------------------------------------------------------
 
-    def latest_release(self, app: str) -> Release | None:
+    def latest_release(self, app: str, deadline: float | None = None) -> Release | None:
         response = self._request(
             "GET",
             f"{self._api}/apps/{app}/releases",
             f"listing the releases of app {app!r}",
             {**self._api_headers(), "Range": "version ..; max=1, order=desc"},
+            deadline=deadline,
         )
         releases = response.json()
         if not isinstance(releases, list):
             raise HerokuApiError(f"listing the releases of app {app!r}: not a JSON list")
         return _release(releases[0]) if releases else None
 
-    def release_by_id(self, app: str, release_id: str) -> Release:
+    def release_by_id(self, app: str, release_id: str, deadline: float | None = None) -> Release:
         response = self._request(
             "GET",
             f"{self._api}/apps/{app}/releases/{release_id}",
             f"reading release {release_id} of app {app!r}",
             self._api_headers(),
+            deadline=deadline,
         )
         return _release(response.json())
 
@@ -274,7 +294,6 @@ class HerokuClient:
         image_id: str,
         timeout: float,
         poll_interval: float = 3.0,
-        clock: Callable[[], float] = time.monotonic,
     ) -> Release:
         """PATCH the formation to `image_id`, then wait for the release it creates to finish."""
         before = self.latest_release(app)
@@ -286,15 +305,17 @@ class HerokuClient:
             self._api_headers(DOCKER_RELEASES_ACCEPT),
             body={"updates": [{"type": process_type, "docker_image": image_id}]},
         )
-        deadline = clock() + timeout
+        # The status reads share the deadline, so a failing or throttling API cannot stretch
+        # the wait past it by its own retries.
+        deadline = self._clock() + timeout
         release: Release | None = None
         while True:
             if release is None:
-                latest = self.latest_release(app)
+                latest = self.latest_release(app, deadline)
                 if latest is not None and latest.version > previous_version:
                     release = latest
             else:
-                release = self.release_by_id(app, release.id)
+                release = self.release_by_id(app, release.id, deadline)
             if release is not None and release.status == "succeeded":
                 return release
             if release is not None and release.status == "failed":
@@ -303,7 +324,7 @@ class HerokuClient:
                     f'"{self._scrub(release.description)}"; see '
                     f"`heroku releases:output {release.version} --app {app}`"
                 )
-            if clock() >= deadline:
+            if self._clock() >= deadline:
                 state = (
                     f"v{release.version} is still {release.status}"
                     if release is not None

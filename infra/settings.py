@@ -425,8 +425,7 @@ def load(
     key_generation = reader.integer("accessKeyGeneration", 1, 1_000_000)
     protect_data = reader.boolean("protectData")
     custom_domains = _read_domains(reader)
-    # At most 30 min: the deploy job's 60 min must also cover the image build and push, and a
-    # status read that Heroku throttles or fails can add a few minutes past this deadline.
+    # At most 30 min: the deploy job's 60 min must also cover the image build and push.
     release_timeout = reader.integer("releaseTimeoutSeconds", 60, MAX_RELEASE_TIMEOUT_SECONDS)
 
     aws_region = get("aws:region") or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")

@@ -280,7 +280,8 @@ def test_main_deploys_dev_then_smoke_checks_then_prod_behind_its_environment() -
 
 def test_a_deploy_job_outlasts_the_longest_release_wait() -> None:
     """GitHub killing `pulumi up` mid-release would leave the stack locked: each deploy job
-    has room for the build and push (15 min) besides the longest allowed release wait."""
+    has room for the build and push (15 min) besides the longest allowed release wait
+    (whose status reads keep to its deadline: test_a_failing_api_cannot_stretch_...)."""
     from infra.settings import MAX_RELEASE_TIMEOUT_SECONDS
 
     for job in ("dev", "prod"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -115,6 +116,31 @@ def test_release_that_stays_pending_times_out(heroku: FakeHeroku) -> None:
         provider_for(heroku).create(props(image_ref, timeout_seconds=0.3))
     assert "did not finish within 0.3 s (v3 is still pending)" in str(raised.value)
     assert "heroku releases --app acme-mlflow" in str(raised.value)
+
+
+def test_a_failing_api_cannot_stretch_the_release_wait(heroku: FakeHeroku) -> None:
+    """The status reads share the release deadline: 5xx answers with growing retry waits
+    (0.4, 0.8, 1.6 ... s) would take seconds; the wait ends at its 0.5 s instead."""
+    image_ref = heroku.push(APP, schema2_manifest(IMAGE_ID))
+    provider = ContainerReleaseProvider(
+        api_base_url=heroku.base_url,
+        registry_base_url=heroku.base_url,
+        poll_interval=0.01,
+        retry_delay=0.4,
+        max_retry_wait=5.0,
+    )
+    heroku.pending_reads = 10**6
+    # The listings succeed (the new release is found, pending); every read of it gets a 503.
+    for _ in range(20):
+        heroku.answer_next("GET", rf"/apps/{APP}/releases/[0-9a-f-]+", 503, {"id": "unavailable"})
+    started = time.monotonic()
+    with pytest.raises(HerokuApiError) as raised:
+        provider.create(props(image_ref, timeout_seconds=0.5))
+    elapsed = time.monotonic() - started
+    assert "ran out of time while" in str(raised.value)
+    assert "releaseTimeoutSeconds" in str(raised.value)
+    assert elapsed < 2.0, elapsed
+    assert heroku.calls("GET", rf"/apps/{APP}/releases/[0-9a-f-]+")  # it did retry reads
 
 
 @pytest.mark.parametrize(
