@@ -119,8 +119,9 @@ class HerokuClient:
         body: Any = None,
         deadline: float | None = None,
     ) -> requests.Response:
-        """One API call with retries; with a deadline (a ``clock`` time), neither a request's
-        timeout nor a wait between attempts goes past it."""
+        """One API call with retries. With a deadline (a ``clock`` time) no wait between
+        attempts goes past it, and the connect and read timeouts shrink to the time left
+        (requests applies them per socket operation, so a trickling answer can overrun it)."""
         delay = self._retry_delay
         for attempt in range(1, self._max_attempts + 1):
             last = attempt == self._max_attempts

@@ -87,13 +87,14 @@ def main() -> int:
 
 
 def _alive(pid: int) -> bool:
+    """True while pid runs (Linux, like the rest of the image); a zombie (killed, not yet
+    reaped by its parent) counts as gone."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
         return False
-    except PermissionError:  # exists, run by another user
-        return True
-    return True
+    # The state follows the command name, which is in parentheses and may contain spaces.
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def wait_for_migration(poll_seconds: float = 0.05) -> None:
@@ -116,4 +117,9 @@ def wait_for_migration(poll_seconds: float = 0.05) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip the interpreter's teardown of everything MLflow and alembic imported (~0.6 s
+    # measured here): uvicorn waits for this exit before it may serve. The engine is disposed.
+    os._exit(status)

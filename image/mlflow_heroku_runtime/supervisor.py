@@ -250,6 +250,11 @@ class Supervisor:
                 return self.shutdown(0)
             if self.children["nginx"].poll() is not None or time.monotonic() > deadline:
                 self._drain()
+                if self.children["nginx"].poll() is not None:
+                    self.await_own_signal(self.children["nginx"])
+                if self.stop_signal is not None:
+                    log(f"received {signal.Signals(self.stop_signal).name}; stopping")
+                    return self.shutdown(0)
                 log(f"nginx did not start on port {self.plan.port}; see its messages above")
                 return self.shutdown(CHILD_FAILED_EXIT)
         log(
@@ -266,9 +271,10 @@ class Supervisor:
         # this flag file exists, so uvicorn never serves an unmigrated database.
         self._spawn("mlflow", self.uvicorn_argv(), env)
         migrated = self.wait_for("migrate")
-        ended = migrate if migrated else self.children.get(self.failed_child() or "")
-        if ended is not None:
-            self.await_own_signal(ended)
+        if not migrated and self.failed_child() is not None:
+            self.await_own_signal(self.children[self.failed_child() or ""])
+        elif migrated and migrate.returncode != 0:  # 0 is success, never a stop
+            self.await_own_signal(migrate)
         if self.stop_signal is not None:
             log(f"received {signal.Signals(self.stop_signal).name}; stopping")
             return self.shutdown(0)

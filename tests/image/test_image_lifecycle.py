@@ -382,6 +382,37 @@ def test_nginx_on_ipv6_loopback_starts_and_serves(s3: S3Server) -> None:
         stack.stop()
 
 
+def test_mlflow_is_released_as_soon_as_the_migration_succeeds(
+    postgres: PostgresCluster, s3: S3Server
+) -> None:
+    """The supervisor writes the flag uvicorn waits for right after migrate exits 0 (a
+    successful migration is never mistaken for a stop and waited on)."""
+    env = heroku_env(port=free_port(), database_url=postgres.url, s3=s3)
+    stack = start_stack(env, wait_ready=False)
+    try:
+        runtime_dir: Path | None = None
+        migrated_at = flagged_at = None
+        deadline = time.monotonic() + 60
+        while flagged_at is None and time.monotonic() < deadline:
+            now = time.monotonic()
+            if migrated_at is None and "is up to date" in stack.output():
+                migrated_at = now
+            if runtime_dir is None:
+                for pid in descendants(stack.process.pid):
+                    argv = cmdline(pid).replace(b"\0", b" ").split()
+                    if argv and argv[0].startswith(b"nginx") and b"-p" in argv:
+                        runtime_dir = Path(argv[argv.index(b"-p") + 1].decode())
+            if runtime_dir is not None and (runtime_dir / "migrated").exists():
+                flagged_at = now
+            time.sleep(0.01)
+        assert migrated_at is not None, stack.output()
+        assert flagged_at is not None, stack.output()
+        assert flagged_at - migrated_at < 0.5
+        stack.wait_ready(60)
+    finally:
+        stack.stop()
+
+
 def test_wrong_database_password_is_named_not_echoed(
     postgres: PostgresCluster, s3: S3Server
 ) -> None:

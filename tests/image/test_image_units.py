@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import stat
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import bcrypt
@@ -495,28 +498,24 @@ def test_rendered_config_passes_nginx_t(tmp_path: Path, max_body_size: str, user
     assert_nginx_accepts(config, tmp_path)
 
 
-def test_real_nginx_accepts_the_htpasswd_hashes() -> None:
-    """nginx itself (crypt() of the system) verifies what Python wrote, for each password; the
-    exact header's fast path matches that header only, letter case included."""
-    import base64
+@contextlib.contextmanager
+def _nginx_with_login(password: str, htpasswd_password: str | None = None) -> Iterator[str]:
+    """Real nginx on the rendered config for alice:password (its exact-header fast path),
+    with an htpasswd file for alice:htpasswd_password (bcrypt's path; default the same);
+    yields its base URL. No MLflow behind it: a request past the login gets 503."""
     import pwd
     import shutil
     import tempfile
 
-    import requests
-
     from tests.support.services import free_port, wait_for_port
 
-    tokens = [base64.b64encode(f"alice:{p}".encode()).decode() for p in TRICKY_PASSWORDS]
-    assert any("+" in t for t in tokens)
-    assert any("/" in t for t in tokens)
-    for password in TRICKY_PASSWORDS:
-        # Under /tmp, not pytest's private tmp_path: nginx's workers (nobody, as root) must
-        # be able to reach the htpasswd file, as in the entrypoint's own runtime dir.
-        runtime = Path(tempfile.mkdtemp(prefix="htpasswd-nginx-"))
+    # Under /tmp, not pytest's private tmp_path: nginx's workers (nobody, as root) must be
+    # able to reach the htpasswd file, as in the entrypoint's own runtime dir.
+    runtime = Path(tempfile.mkdtemp(prefix="htpasswd-nginx-"))
+    try:
         port = free_port()
         params = _params(runtime, port=port, password=password)
-        htpasswd.write_htpasswd(params.htpasswd_path, "alice", password)
+        htpasswd.write_htpasswd(params.htpasswd_path, "alice", htpasswd_password or password)
         if os.geteuid() == 0:  # as root, nginx workers run as nobody and must read the file
             nobody = pwd.getpwnam("nobody")
             os.chown(params.htpasswd_path, nobody.pw_uid, nobody.pw_gid)
@@ -534,36 +533,58 @@ def test_real_nginx_accepts_the_htpasswd_hashes() -> None:
         )
         try:
             assert wait_for_port(port, 5)
-            token = base64.b64encode(f"alice:{password}".encode()).decode()
-            # The exact header (fast path), and a lower-case scheme, which misses the fast path
-            # so that bcrypt decides. Past the login, MLflow is absent here: 503 is what a
-            # logged-in client sees.
-            for header in (f"Basic {token}", f"basic {token}"):
-                right = requests.get(
-                    f"http://127.0.0.1:{port}/", headers={"Authorization": header}, timeout=5
-                )
-                assert right.status_code == 503, (password, header)
-                assert right.headers["Retry-After"] == "5"
-            # The token with its letters' case swapped decodes to other bytes: a wrong login.
-            swapped = requests.get(
-                f"http://127.0.0.1:{port}/",
-                headers={"Authorization": f"Basic {token.swapcase()}"},
-                timeout=5,
-            )
-            assert swapped.status_code == 401, password
-            wrong_token = base64.b64encode(
-                f"alice:{password[:-1]}{'y' if password[-1] != 'y' else 'z'}".encode()
-            ).decode()
-            wrong = requests.get(
-                f"http://127.0.0.1:{port}/",
-                headers={"Authorization": f"Basic {wrong_token}"},
-                timeout=5,
-            )
-            assert wrong.status_code == 401, password
+            yield f"http://127.0.0.1:{port}/"
         finally:
             process.terminate()
             process.wait(10)
-            shutil.rmtree(runtime, ignore_errors=True)
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
+def _status(url: str, authorization: str) -> int:
+    import requests
+
+    return requests.get(url, headers={"Authorization": authorization}, timeout=5).status_code
+
+
+def _token(password: str) -> str:
+    import base64
+
+    return base64.b64encode(f"alice:{password}".encode()).decode()
+
+
+def test_real_nginx_accepts_the_htpasswd_hashes() -> None:
+    """nginx itself (crypt() of the system) verifies what Python wrote, for each password."""
+    tokens = [_token(p) for p in TRICKY_PASSWORDS]
+    assert any("+" in t for t in tokens)
+    assert any("/" in t for t in tokens)
+    for password in TRICKY_PASSWORDS:
+        token = _token(password)
+        wrong = _token(f"{password[:-1]}{'y' if password[-1] != 'y' else 'z'}")
+        with _nginx_with_login(password) as url:
+            # The exact header (fast path), and a lower-case scheme, which misses the fast
+            # path so that bcrypt decides. Past the login, MLflow is absent: 503.
+            assert _status(url, f"Basic {token}") == 503, password
+            assert _status(url, f"basic {token}") == 503, password
+            # The token with its letters' case swapped decodes to other bytes: a wrong login.
+            assert _status(url, f"Basic {token.swapcase()}") == 401, password
+            assert _status(url, f"Basic {wrong}") == 401, password
+
+
+@pytest.mark.parametrize("password", [p for p in TRICKY_PASSWORDS if "+" in _token(p)])
+def test_the_fast_path_matches_the_exact_header_only(password: str) -> None:
+    """With an htpasswd file that accepts no login, only the fast path can let a request
+    through: the exact header does; one letter's case or a dropped "+" (a regex operator,
+    escaped in the pattern) does not."""
+    token = _token(password)
+    assert re.fullmatch(
+        nginx_config.expected_authorization_pattern("alice", password), f"Basic {token}"
+    )
+    with _nginx_with_login(password, htpasswd_password="another-password-entirely") as url:
+        assert _status(url, f"Basic {token}") == 503
+        assert _status(url, f"basic {token}") == 401  # bcrypt's path: that file refuses it
+        assert _status(url, f"Basic {token.replace('+', '')}") == 401
+        assert _status(url, f"Basic {token.swapcase()}") == 401
 
 
 def test_resident_supervisor_stays_light() -> None:
@@ -742,14 +763,23 @@ def test_the_app_waits_for_the_migration_flag(tmp_path: Path) -> None:
         waiting.kill()
 
 
-def test_the_app_stops_waiting_when_the_supervisor_is_gone(tmp_path: Path) -> None:
+@pytest.mark.parametrize("reaped", [True, False], ids=["exited", "zombie"])
+def test_the_app_stops_waiting_when_the_supervisor_is_gone(tmp_path: Path, reaped: bool) -> None:
+    """Also when the killed supervisor is a zombie its parent has not reaped yet."""
+    import time
+
     gone = subprocess.Popen(["true"])
-    gone.wait()
+    if reaped:
+        gone.wait()
+    else:
+        while Path(f"/proc/{gone.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            time.sleep(0.01)
     waiting = _waiting_uvicorn(tmp_path / "never", gone.pid)
     try:
         out, err = waiting.communicate(timeout=10)
     finally:
         waiting.kill()
+    gone.wait()
     assert waiting.returncode == 1
     assert out == ""
     assert "the supervisor exited before the database was migrated" in err
