@@ -52,6 +52,7 @@ from tests.support.services import PG_BIN, free_port, postgres_cluster, s3_serve
 # The image's own defaults and hash, so the report names what it measured.
 sys.path.insert(0, str(REPO / "image"))
 from mlflow_heroku_runtime.htpasswd import BCRYPT_COST, htpasswd_line  # noqa: E402
+from mlflow_heroku_runtime.plan import upstream_keepalive  # noqa: E402
 from mlflow_heroku_runtime.settings import DEFAULTS  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
@@ -755,7 +756,7 @@ def our_stack(name: str, database: str, workers: int | None, args: argparse.Name
         env,
         database,
         artifact_mix=True,
-        upstream_keepalive=effective_workers == 1,  # as prepare.py decides
+        upstream_keepalive=upstream_keepalive(effective_workers),
     )
 
 

@@ -30,10 +30,7 @@ class NginxParams:
     error_log_level: str = "warn"
     worker_user: str = ""  # only when started as root: "user group"
     trust_forwarded_for: bool = True  # behind Heroku's router (DYNO set)
-    # Reuse connections to MLflow. Only safe when uvicorn runs one worker: with more, uvicorn
-    # binds the socket itself, asyncio then leaves TCP_NODELAY off, and every response on a
-    # reused connection waits ~40 ms for nginx's delayed ACK (docs/benchmark.md).
-    upstream_keepalive: bool = False
+    upstream_keepalive: bool = False  # reuse connections to MLflow (plan.upstream_keepalive)
 
 
 def expected_authorization(username: str, password: str) -> str:

@@ -209,6 +209,11 @@ class Supervisor:
             self._pump(0.1)
         return True
 
+    def stop_on_signal(self) -> int:
+        assert self.stop_signal is not None
+        log(f"received {signal.Signals(self.stop_signal).name}; stopping")
+        return self.shutdown(0)
+
     def await_own_signal(self, ended: subprocess.Popen[bytes]) -> None:
         """A child that died of SIGTERM/SIGINT, or stopped cleanly (nginx and uvicorn exit 0 on
         them), was most likely signalled with every process (Heroku's stop, Ctrl-C), in no set
@@ -243,18 +248,15 @@ class Supervisor:
         started = time.monotonic()
         self.start_nginx()
         deadline = time.monotonic() + 5
+        nginx = self.children["nginx"]
         while not port_accepts(self.plan.nginx_reachable_at, self.plan.port):
             self._pump(0.02)
+            if nginx.poll() is not None:
+                self.await_own_signal(nginx)
             if self.stop_signal is not None:
-                log(f"received {signal.Signals(self.stop_signal).name}; stopping")
-                return self.shutdown(0)
-            if self.children["nginx"].poll() is not None or time.monotonic() > deadline:
+                return self.stop_on_signal()
+            if nginx.poll() is not None or time.monotonic() > deadline:
                 self._drain()
-                if self.children["nginx"].poll() is not None:
-                    self.await_own_signal(self.children["nginx"])
-                if self.stop_signal is not None:
-                    log(f"received {signal.Signals(self.stop_signal).name}; stopping")
-                    return self.shutdown(0)
                 log(f"nginx did not start on port {self.plan.port}; see its messages above")
                 return self.shutdown(CHILD_FAILED_EXIT)
         log(
@@ -271,13 +273,13 @@ class Supervisor:
         # this flag file exists, so uvicorn never serves an unmigrated database.
         self._spawn("mlflow", self.uvicorn_argv(), env)
         migrated = self.wait_for("migrate")
-        if not migrated and self.failed_child() is not None:
-            self.await_own_signal(self.children[self.failed_child() or ""])
-        elif migrated and migrate.returncode != 0:  # 0 is success, never a stop
+        failed = self.failed_child()
+        if failed is not None:
+            self.await_own_signal(self.children[failed])
+        elif migrate.returncode != 0:  # migrate's 0 is success, never a stop
             self.await_own_signal(migrate)
         if self.stop_signal is not None:
-            log(f"received {signal.Signals(self.stop_signal).name}; stopping")
-            return self.shutdown(0)
+            return self.stop_on_signal()
         if not migrated:
             self._drain()
             failed = self.failed_child()
