@@ -19,13 +19,6 @@ LOCAL_PORT = 8080
 UPSTREAM_IDLE_SECONDS = 50
 
 
-def upstream_keepalive(workers: int) -> bool:
-    """Whether nginx keeps its connections to MLflow open: only with one uvicorn worker. With
-    more, uvicorn binds the socket itself, asyncio then leaves TCP_NODELAY off, and every
-    response on a reused connection waits ~40 ms for nginx's delayed ACK (docs/benchmark.md)."""
-    return workers == 1
-
-
 @dataclass(frozen=True)
 class Plan:
     runtime_dir: str  # private temp dir: nginx.conf, htpasswd, temp paths, flag file

@@ -325,6 +325,12 @@ class Supervisor:
             str(self.mlflow_port),
             "--workers",
             str(self.plan.workers),
+            # By name, so a missing one stops the start instead of uvicorn falling back to
+            # asyncio, which leaves TCP_NODELAY off with several workers (requirements.in).
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
             "--timeout-graceful-shutdown",
             str(MLFLOW_GRACEFUL_SECONDS),
             "--timeout-keep-alive",

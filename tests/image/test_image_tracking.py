@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import statistics
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,16 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support.services import S3Server, Stack, mlflow_port_of
+from tests.support.services import (
+    PostgresCluster,
+    S3Server,
+    Stack,
+    descendants,
+    free_port,
+    heroku_env,
+    mlflow_port_of,
+    running_stack,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -194,17 +205,62 @@ def _established_to(port: int) -> set[int]:
     return local_ports
 
 
-def test_nginx_reuses_its_connections_to_mlflow(stack: Stack) -> None:
-    """With one worker (the default) nginx keeps connections to MLflow open and reuses them
-    (docs/image.md): the same connections carry a second batch of requests."""
+def _timed_reuse(stack: Stack) -> tuple[list[float], set[int], set[int]]:
+    """Two batches of 20 sequential authenticated GETs on one client connection: each
+    request's seconds, and nginx's connections to MLflow after each batch."""
     port = mlflow_port_of(stack)
     url = f"{stack.url}/api/2.0/mlflow/experiments/get?experiment_id=0"
+    seconds: list[float] = []
+    batches: list[set[int]] = []
     with requests.Session() as session:
-        for _ in range(20):
-            assert session.get(url, auth=stack.auth, timeout=10).status_code == 200
-        first = _established_to(port)
-        for _ in range(20):
-            assert session.get(url, auth=stack.auth, timeout=10).status_code == 200
-        second = _established_to(port)
+        for _ in range(2):
+            for _ in range(20):
+                started = time.perf_counter()
+                assert session.get(url, auth=stack.auth, timeout=10).status_code == 200
+                seconds.append(time.perf_counter() - started)
+            batches.append(_established_to(port))
+    return seconds, batches[0], batches[1]
+
+
+def _uvicorn_pids(stack: Stack) -> list[int]:
+    return [
+        pid
+        for pid in descendants(stack.process.pid)
+        if b"uvicorn" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+
+
+def _mapped(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_nginx_reuses_its_connections_to_mlflow(stack: Stack) -> None:
+    """nginx keeps connections to MLflow open and reuses them (docs/image.md): the same
+    connections carry a second batch of requests. MLflow runs on uvloop and httptools."""
+    _seconds, first, second = _timed_reuse(stack)
     assert 1 <= len(first) <= 16, first  # nginx's keepalive 16 per worker
     assert first & second, (first, second)  # the same connection served both batches
+    (mlflow,) = _uvicorn_pids(stack)
+    assert "/uvloop/loop." in _mapped(mlflow)
+    assert "/httptools/parser/parser." in _mapped(mlflow)
+
+
+def test_several_workers_keep_connections_without_ack_stalls(
+    postgres: PostgresCluster, s3: S3Server
+) -> None:
+    """With several workers uvicorn binds its socket itself. On asyncio's loop the accepted
+    connections then lack TCP_NODELAY, and each response on a kept connection waited ~40 ms
+    for nginx's delayed ACK (44 ms per request measured). uvloop sets it on every worker's
+    connections, so nginx keeps them and requests take a few ms."""
+    env = heroku_env(port=free_port(), database_url=postgres.url, s3=s3, WEB_CONCURRENCY="2")
+    with running_stack(env, ready_timeout=90) as stack:
+        seconds, first, second = _timed_reuse(stack)
+        # The workers are multiprocessing children of uvicorn's manager: those that serve.
+        serving = [
+            pid
+            for pid in descendants(stack.process.pid)
+            if "/uvloop/loop." in _mapped(pid) and "/httptools/parser/parser." in _mapped(pid)
+        ]
+    assert statistics.median(seconds) < 0.02, seconds
+    assert first & second, (first, second)
+    assert len(serving) == 2, serving
