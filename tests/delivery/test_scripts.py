@@ -1,4 +1,5 @@
-"""The repository's own scripts, where they can run here without the network: scripts/lock."""
+"""The repository's own scripts, where they can run here without the network: scripts/lock
+and scripts/setup (against the local package mirror)."""
 
 from __future__ import annotations
 
@@ -49,3 +50,78 @@ def test_lock_resolves_every_lock_file_with_the_pinned_uv(tmp_path: Path) -> Non
             assert flag in line
         assert line.endswith(f"{source} -o {lock}")
         assert (tmp_path / lock).read_text() == "locked\n"
+
+
+def _lock_entries(lock: Path, names: tuple[str, ...]) -> str:
+    """The entries for ``names`` cut out of a hashed lock file (name line plus its indented
+    hash and comment lines)."""
+    kept: list[str] = []
+    keep = False
+    for line in lock.read_text().splitlines():
+        if line and not line[0].isspace():
+            keep = line.split("==", 1)[0] in names
+        if keep:
+            kept.append(line)
+    return "\n".join(kept) + "\n"
+
+
+def _installed(venv: Path) -> set[str]:
+    result = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "list", "--format=freeze"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return {line.split("==")[0].lower() for line in result.stdout.splitlines()}
+
+
+def test_setup_test_syncs_the_environment_to_the_lock(tmp_path: Path) -> None:
+    """`scripts/setup test` leaves exactly the test lock's packages (plus the venv's own pip):
+    a package installed by hand is removed, and the uv it bootstraps from the lock stays."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(REPO_ROOT / "scripts" / "setup", tmp_path / "scripts" / "setup")
+    # A small lock: the uv setup bootstraps, and one package.
+    (tmp_path / "requirements-dev.txt").write_text(
+        _lock_entries(REPO_ROOT / "requirements-dev.txt", ("uv", "idna"))
+    )
+
+    def setup() -> None:
+        result = subprocess.run(
+            ["bash", str(tmp_path / "scripts" / "setup"), "test"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    venv = tmp_path / ".venv"
+    setup()
+    assert {"uv", "idna"} <= _installed(venv)
+    subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "six"],
+        check=True,
+        timeout=120,
+    )
+    assert "six" in _installed(venv)
+    setup()
+    after = _installed(venv)
+    assert "six" not in after
+    assert {"uv", "idna"} <= after
+    assert after - {"uv", "idna", "pip", "setuptools"} == set(), after
+
+
+def test_setup_refuses_an_unknown_mode_before_installing_anything(tmp_path: Path) -> None:
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(REPO_ROOT / "scripts" / "setup", tmp_path / "scripts" / "setup")
+    result = subprocess.run(
+        ["bash", str(tmp_path / "scripts" / "setup"), "tests"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "usage: scripts/setup local|test" in result.stderr
+    assert not (tmp_path / ".venv").exists()
