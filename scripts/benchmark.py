@@ -52,6 +52,7 @@ from tests.support.services import PG_BIN, free_port, postgres_cluster, s3_serve
 # The image's own defaults and hash, so the report names what it measured.
 sys.path.insert(0, str(REPO / "image"))
 from mlflow_heroku_runtime.htpasswd import BCRYPT_COST, htpasswd_line  # noqa: E402
+from mlflow_heroku_runtime.plan import upstream_keepalive  # noqa: E402
 from mlflow_heroku_runtime.settings import DEFAULTS  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
@@ -748,13 +749,14 @@ def prepare_recipe(stack_dir: Path, env: dict[str, str]) -> None:
 
 def our_stack(name: str, database: str, workers: int | None, args: argparse.Namespace) -> Stack:
     env = {} if workers is None else {args.workers_env: str(workers)}
+    effective_workers = int(DEFAULTS["WEB_CONCURRENCY"]) if workers is None else workers
     return Stack(
         name,
         [sys.executable, str(REPO / "image" / "entrypoint.py")],
         env,
         database,
         artifact_mix=True,
-        upstream_keepalive=True,
+        upstream_keepalive=upstream_keepalive(effective_workers),
     )
 
 

@@ -30,6 +30,7 @@ class NginxParams:
     error_log_level: str = "warn"
     worker_user: str = ""  # only when started as root: "user group"
     trust_forwarded_for: bool = True  # behind Heroku's router (DYNO set)
+    upstream_keepalive: bool = False  # reuse connections to MLflow (plan.upstream_keepalive)
 
 
 def expected_authorization(username: str, password: str) -> str:

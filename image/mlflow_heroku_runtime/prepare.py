@@ -18,7 +18,7 @@ from pathlib import Path
 from . import nginx_config
 from .errors import ConfigError
 from .htpasswd import write_htpasswd
-from .plan import Plan, argument_parser
+from .plan import Plan, argument_parser, upstream_keepalive
 from .settings import Settings, generate_local_password, load_settings, reachable_address
 
 LOOPBACK = "127.0.0.1"
@@ -74,6 +74,7 @@ def write_nginx_files(settings: Settings, runtime_dir: Path, mlflow_port: int) -
         listen_address=settings.listen_address,
         worker_user=worker_user,
         trust_forwarded_for=settings.behind_heroku_router,
+        upstream_keepalive=upstream_keepalive(settings.workers),
     )
     config_path = runtime_dir / "nginx.conf"
     descriptor = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
