@@ -389,3 +389,23 @@ def test_delete_changes_nothing_on_heroku(heroku: FakeHeroku) -> None:
     provider_for(heroku).delete(f"{APP}/web", olds)
     assert len(heroku.requests) == before
     assert heroku.formation_image[APP] == IMAGE_ID
+
+
+def test_the_double_stays_quiet_when_a_client_drops_its_connection(
+    heroku: FakeHeroku, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A client that resets its connection mid-request (as one that gave up does) is not a
+    fault of the double: no traceback on stderr, and the double keeps serving."""
+    import socket
+    import struct
+    from urllib.parse import urlsplit
+
+    address = urlsplit(heroku.base_url)
+    with socket.create_connection((address.hostname, address.port), timeout=5) as client:
+        client.sendall(b"GET /apps HTTP/1.1\r\nHost: api\r\n")  # headers never finished
+        # SO_LINGER 0: close() sends a reset, so the double's read fails with ECONNRESET.
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    time.sleep(0.3)  # the double's handler thread meets the reset
+    client = HerokuClient(API_KEY, heroku.base_url, heroku.base_url, retry_delay=0.01)
+    assert client.latest_release(APP) is not None  # still serving
+    assert "Exception occurred" not in capfd.readouterr().err
