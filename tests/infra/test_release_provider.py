@@ -406,6 +406,6 @@ def test_the_double_stays_quiet_when_a_client_drops_its_connection(
         # SO_LINGER 0: close() sends a reset, so the double's read fails with ECONNRESET.
         client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     time.sleep(0.3)  # the double's handler thread meets the reset
-    client = HerokuClient(API_KEY, heroku.base_url, heroku.base_url, retry_delay=0.01)
-    assert client.latest_release(APP) is not None  # still serving
+    api = HerokuClient(API_KEY, heroku.base_url, heroku.base_url, retry_delay=0.01)
+    assert api.latest_release(APP) is not None  # still serving
     assert "Exception occurred" not in capfd.readouterr().err
