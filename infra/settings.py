@@ -27,7 +27,7 @@ DEFAULTS: Final[Mapping[str, str | int | bool | list[str]]] = {
     "postgresPlan": "essential-0",
     "dynoSize": "basic",
     "dynoCount": 1,
-    "mlflowWorkers": 1,
+    "mlflowWorkers": 2,
     "dbPoolSize": 2,
     "dbMaxOverflow": 2,
     "maxBodySize": "5g",
@@ -90,10 +90,20 @@ DYNO_MEMORY_MB: Final[Mapping[str, int]] = {
 }
 SINGLE_DYNO_SIZES: Final = ("eco", "basic")
 MAX_DYNO_COUNT: Final = 100
-# Measured (docs/benchmark.md): one MLflow uvicorn worker is ~210 MB PSS idle and ~300 MB at the
-# peak of 16 clients uploading artifacts (2 workers peaked at 632 MB); the rest of the dyno ~60 MB.
-WORKER_MEMORY_MB: Final = 300
-BASE_MEMORY_MB: Final = 60
+# Peak PSS of the whole dyno with 16 clients uploading artifacts (docs/benchmark.md, runs J and
+# K): one worker (uvicorn alone) 322-340 MB; workers forked from one import (gunicorn --preload)
+# 370 MB for two and 423 MB for three, ~50 MB per added worker. Rounded up for headroom.
+SINGLE_WORKER_MEMORY_MB: Final = 360
+FORKED_BASE_MEMORY_MB: Final = 300
+FORKED_WORKER_MEMORY_MB: Final = 60
+
+
+def dyno_memory_needed_mb(workers: int) -> int:
+    """About the most memory a dyno running ``workers`` MLflow workers uses."""
+    if workers == 1:
+        return SINGLE_WORKER_MEMORY_MB
+    return FORKED_BASE_MEMORY_MB + workers * FORKED_WORKER_MEMORY_MB
+
 
 _APP_NAME = re.compile(r"[a-z][a-z0-9-]{2,29}")
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
@@ -385,11 +395,11 @@ def load(
     workers = reader.integer("mlflowWorkers", 1, 16)
     memory = DYNO_MEMORY_MB.get(dyno_size)
     if memory is not None:
-        max_workers = max(1, (memory - BASE_MEMORY_MB) // WORKER_MEMORY_MB)
+        max_workers = max([1, *(n for n in range(2, 17) if dyno_memory_needed_mb(n) <= memory)])
         if workers > max_workers:
             reader.fail(
                 "mlflowWorkers",
-                f"{workers} workers need about {BASE_MEMORY_MB + workers * WORKER_MEMORY_MB} MB, "
+                f"{workers} workers need about {dyno_memory_needed_mb(workers)} MB, "
                 f"more than a {dyno_size} dyno's {memory} MB; allowed: 1 to {max_workers} "
                 "(or a larger dynoSize)",
             )

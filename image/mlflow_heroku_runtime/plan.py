@@ -17,6 +17,10 @@ LOCAL_PORT = 8080
 # (supervisor.py), so it is always nginx that closes, never uvicorn under a request nginx is
 # already sending.
 UPSTREAM_IDLE_SECONDS = 50
+# How long uvicorn lets in-flight requests finish after SIGTERM (one worker or forked workers).
+MLFLOW_GRACEFUL_SECONDS = 6
+# Set in MLflow's environment when gunicorn forks two or more workers from one import.
+FORKED_WORKERS_VARIABLE = "_MLFLOW_HEROKU_FORKED_WORKERS"
 
 
 def upstream_keepalive(workers: int) -> bool:

@@ -76,10 +76,11 @@ MLFLOW_PASSTHROUGH = (
     "AWS_REGION",
 )
 
-# Defaults sized for a 512 MB dyno and a small Postgres plan (essential-0: 20 connections):
-# each worker holds at most pool + overflow = 4 connections, so 2 workers x 2 dynos = 16.
+# Defaults sized for a 512 MB dyno and a small Postgres plan (essential-0: 20 connections).
+# Two workers forked from one import fit 512 MB (docs/benchmark.md: ~380 MB at the peak of 16
+# clients uploading artifacts); each holds at most 2 stores x (pool + overflow) = 8 connections.
 DEFAULTS = {
-    "WEB_CONCURRENCY": "1",
+    "WEB_CONCURRENCY": "2",
     "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "2",
     "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "2",
     "MLFLOW_HEROKU_DB_WAIT_SECONDS": "40",
@@ -338,7 +339,8 @@ def load_settings(
             _check_text(collector, "MLFLOW_TRACKING_PASSWORD", password)
 
     # Tuning knobs
-    workers = collector.integer("WEB_CONCURRENCY", 1, 16)
+    # Local mode keeps one worker unless asked: its SQLite file takes one writer at a time.
+    workers = collector.integer("WEB_CONCURRENCY", 1, 16, "1" if local else None)
     pool_size = collector.integer("MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", 1, 50)
     # MLflow ignores 0 (falls back to SQLAlchemy's 10), so 0 is refused rather than misread.
     max_overflow = collector.integer("MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW", 1, 50)

@@ -7,6 +7,7 @@ Process layout (why: see docs/image.md)::
     ├── nginx master -> worker          binds $PORT at once; 503 until MLflow answers
     ├── python -m ...migrate            short-lived: waits for the DB, migrates, exits
     └── python -m uvicorn mlflow_heroku_runtime.asgi:app  (MLflow's FastAPI app) on 127.0.0.1
+        or, for WEB_CONCURRENCY >= 2, python -m gunicorn --preload ... -> forked workers
 
 Children's output goes through this process, which removes secrets from every line.
 Any child dying unexpectedly stops the others and exits non-zero, so Heroku restarts the
@@ -32,11 +33,16 @@ from types import FrameType
 from typing import IO
 
 from .migrate import MIGRATED_FLAG_VARIABLE, SUPERVISOR_PID_VARIABLE
-from .plan import UPSTREAM_IDLE_SECONDS, Plan, argument_parser
+from .plan import (
+    FORKED_WORKERS_VARIABLE,
+    MLFLOW_GRACEFUL_SECONDS,
+    UPSTREAM_IDLE_SECONDS,
+    Plan,
+    argument_parser,
+)
 
 RUNTIME_PACKAGE_DIR = Path(__file__).resolve().parent
 STOP_GRACE_SECONDS = 8.0  # Heroku allows 30 s; the brief promises everything gone within 10
-MLFLOW_GRACEFUL_SECONDS = 6
 # How long a child stopped by SIGTERM/SIGINT may precede our own copy of the signal (Heroku and
 # a terminal signal every process, in no set order) before its end counts as a failure.
 SIBLING_SIGNAL_SECONDS = 1.0
@@ -185,6 +191,8 @@ class Supervisor:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if self.plan.workers > 1:
+            env[FORKED_WORKERS_VARIABLE] = "1"
         return env
 
     # ----------------------------------------------------------------- lifecycle
@@ -271,7 +279,7 @@ class Supervisor:
         )
         # MLflow's import (~4 s) overlaps the migration; asgi.py holds the app back until
         # this flag file exists, so uvicorn never serves an unmigrated database.
-        self._spawn("mlflow", self.uvicorn_argv(), env)
+        self._spawn("mlflow", self.mlflow_argv(), env)
         migrated = self.wait_for("migrate")
         failed = self.failed_child()
         if failed is not None:
@@ -312,6 +320,36 @@ class Supervisor:
                 log(f"MLflow ready after {time.monotonic() - started:.1f} s")
                 if self.plan.local:
                     self.announce_local()
+
+    def mlflow_argv(self) -> list[str]:
+        return self.uvicorn_argv() if self.plan.workers == 1 else self.gunicorn_argv()
+
+    def gunicorn_argv(self) -> list[str]:
+        """Two or more workers: gunicorn imports MLflow once and forks them (forked_workers.py).
+        uvicorn's --workers would spawn each to import MLflow on its own: 456 MB idle for two
+        against 330 (docs/benchmark.md)."""
+        return [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--preload",
+            "--workers",
+            str(self.plan.workers),
+            "--worker-class",
+            "mlflow_heroku_runtime.forked_workers.MlflowWorker",
+            "--bind",
+            f"{LOOPBACK}:{self.mlflow_port}",
+            "--graceful-timeout",
+            str(MLFLOW_GRACEFUL_SECONDS),
+            "--keep-alive",
+            str(UPSTREAM_IDLE_SECONDS + 10),
+            # Its heartbeat files and no control socket (gunicorn 26 opens one in $HOME): the
+            # image's only writable place is the runtime directory.
+            "--worker-tmp-dir",
+            str(self.runtime_dir),
+            "--no-control-socket",
+            "mlflow_heroku_runtime.asgi:app",
+        ]
 
     def uvicorn_argv(self) -> list[str]:
         spec = importlib.util.find_spec("mlflow")  # locates the package without importing it

@@ -23,6 +23,7 @@ from tests.support.services import (
     descendants,
     free_port,
     heroku_env,
+    mlflow_pid_of,
     mlflow_port_of,
     running_stack,
 )
@@ -222,43 +223,60 @@ def _timed_reuse(stack: Stack) -> tuple[list[float], set[int], set[int]]:
     return seconds, batches[0], batches[1]
 
 
-def _uvicorn_pids(stack: Stack) -> list[int]:
-    return [
-        pid
-        for pid in descendants(stack.process.pid)
-        if b"uvicorn" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    ]
-
-
 def _mapped(pid: int) -> str:
     return Path(f"/proc/{pid}/maps").read_text()
 
 
-def test_nginx_reuses_its_connections_to_mlflow(stack: Stack) -> None:
-    """nginx keeps connections to MLflow open and reuses them (docs/image.md): the same
-    connections carry a second batch of requests. MLflow runs on uvloop and httptools."""
-    _seconds, first, second = _timed_reuse(stack)
-    assert 1 <= len(first) <= 16, first  # nginx's keepalive 16 per worker
-    assert first & second, (first, second)  # the same connection served both batches
-    (mlflow,) = _uvicorn_pids(stack)
-    assert "/uvloop/loop." in _mapped(mlflow)
-    assert "/httptools/parser/parser." in _mapped(mlflow)
+def _serving(stack: Stack) -> list[int]:
+    """The stack's processes that run uvicorn on uvloop and httptools (extension modules
+    loaded), i.e. those that serve requests."""
+    return [
+        pid
+        for pid in descendants(stack.process.pid)
+        if "/uvloop/loop." in _mapped(pid) and "/httptools/parser/parser." in _mapped(pid)
+    ]
 
 
-def test_several_workers_serve_on_uvloop_with_fresh_connections(
-    postgres: PostgresCluster, s3: S3Server
-) -> None:
-    """With several workers (multiprocessing children of uvicorn's manager) each serves on
-    uvloop and httptools, as asked by name; nginx opens a fresh connection per request, so no
-    connection pins a client to one worker, and no request waits for a delayed ACK."""
-    env = heroku_env(port=free_port(), database_url=postgres.url, s3=s3, WEB_CONCURRENCY="2")
-    with running_stack(env, ready_timeout=90) as stack:
-        seconds, first, second = _timed_reuse(stack)
-        serving = [
-            pid
-            for pid in descendants(stack.process.pid)
-            if "/uvloop/loop." in _mapped(pid) and "/httptools/parser/parser." in _mapped(pid)
-        ]
-    assert len(serving) == 2, serving
+def _pss_and_rss_mb(pid: int) -> tuple[float, float]:
+    rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]
+    fields = dict(line.split(":", 1) for line in rollup)
+    return int(fields["Pss"].split()[0]) / 1024, int(fields["Rss"].split()[0]) / 1024
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_forked_workers_share_memory_and_get_fresh_connections(stack: Stack) -> None:
+    """The default layout (docs/image.md, "Workers"): gunicorn's master imported MLflow once
+    and forked two workers, which serve on uvloop and httptools and share most of their pages
+    with it (each worker's PSS well under its RSS; a worker that imported MLflow itself would
+    have its ~200 MB to itself). nginx opens a fresh connection per request, as a kept one
+    would pin clients to one worker, and no request waits for a delayed ACK."""
+    seconds, first, second = _timed_reuse(stack)
+    master = mlflow_pid_of(stack)
+    workers = _serving(stack)
+    assert len(workers) == 2, workers
+    assert {_parent(pid) for pid in workers} == {master}
+    for pid in workers:
+        pss, rss = _pss_and_rss_mb(pid)
+        assert pss < 0.7 * rss, (pid, pss, rss)
     assert not first & second, (first, second)
     assert statistics.median(seconds) < 0.02, seconds
+
+
+def test_one_worker_keeps_its_connections_to_mlflow(
+    postgres: PostgresCluster, s3: S3Server
+) -> None:
+    """WEB_CONCURRENCY=1: uvicorn alone, on uvloop and httptools; nginx keeps connections to it
+    and reuses them (docs/image.md): the same connections carry a second batch of requests."""
+    env = heroku_env(port=free_port(), database_url=postgres.url, s3=s3, WEB_CONCURRENCY="1")
+    with running_stack(env, ready_timeout=90) as stack:
+        _seconds, first, second = _timed_reuse(stack)
+        mlflow = mlflow_pid_of(stack)
+        uvicorn_alone = b"uvicorn" in Path(f"/proc/{mlflow}/cmdline").read_bytes()
+        serving = _serving(stack)
+    assert uvicorn_alone
+    assert serving == [mlflow]
+    assert 1 <= len(first) <= 16, first  # nginx's keepalive 16 per worker
+    assert first & second, (first, second)  # the same connection served both batches

@@ -123,7 +123,7 @@ def test_good_environment_loads() -> None:
     assert loaded.backend_store_uri.endswith("sslmode=require")
     assert loaded.database_description == "ec2-1-2-3-4.compute-1.amazonaws.com:5432/d1"
     assert loaded.artifacts_destination == "s3://team-mlflow/artifacts"
-    assert (loaded.workers, loaded.pool_size, loaded.max_overflow) == (1, 2, 2)
+    assert (loaded.workers, loaded.pool_size, loaded.max_overflow) == (2, 2, 2)
     assert loaded.mlflow_env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
     assert loaded.mlflow_env["MLFLOW_DISABLE_TELEMETRY"] == "true"
     assert loaded.mlflow_env["MLFLOW_SERVER_ALLOWED_HOSTS"] == "*"
@@ -296,6 +296,9 @@ def test_local_mode_uses_embedded_defaults(tmp_path: Path) -> None:
     assert loaded.artifacts_destination == str((tmp_path / "artifacts").resolve())
     assert (loaded.username, loaded.password) == ("mlflow", "generated-pw-123")
     assert "MLFLOW_SERVER_ALLOWED_HOSTS" not in loaded.mlflow_env  # MLflow's localhost default
+    assert loaded.workers == 1  # SQLite: one writer; a dyno's default is 2
+    three = {"WEB_CONCURRENCY": "3", "MLFLOW_TRACKING_PASSWORD": "local-pw-123"}
+    assert load_settings(three, local=True, data_dir=tmp_path).workers == 3
 
 
 URL_PIECES = [

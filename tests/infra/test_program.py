@@ -170,7 +170,7 @@ def test_config_vars_come_from_the_real_host_name_and_the_other_resources(dev: P
         "MLFLOW_TRACKING_USERNAME": "mlflow",
         "MLFLOW_SERVER_ALLOWED_HOSTS": host,
         "MLFLOW_SERVER_CORS_ALLOWED_ORIGINS": f"https://{host}",
-        "WEB_CONCURRENCY": "1",
+        "WEB_CONCURRENCY": "2",
         "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "2",
         "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "2",
         "MLFLOW_HEROKU_MAX_BODY_SIZE": "5g",

@@ -33,6 +33,7 @@ from tests.support.services import (
     S3Server,
     free_port,
     heroku_env,
+    mlflow_pid_of,
     running_stack,
 )
 
@@ -45,14 +46,30 @@ CHUNK = 1024 * 1024
 SECONDS_PER_CHUNK = 0.03
 
 
-def test_killed_mlflow_stops_the_dyno(postgres: PostgresCluster, s3: S3Server) -> None:
+def test_killed_worker_is_replaced_and_killed_mlflow_stops_the_dyno(
+    postgres: PostgresCluster, s3: S3Server
+) -> None:
+    """Default layout, gunicorn's master and two forked workers. A killed worker is replaced
+    by the master and the dyno keeps serving; the killed master (MLflow as a whole) stops the
+    dyno non-zero, so Heroku restarts it, with nothing left behind."""
     env = heroku_env(port=free_port(), database_url=postgres.url, s3=s3)
     with running_stack(env, ready_timeout=90) as stack:
+        master = mlflow_pid_of(stack)
+        workers = children_of(master)
+        assert len(workers) == 2, [command_line(pid) for pid in workers]
+        os.kill(workers[0], signal.SIGKILL)
+        replaced = wait_until(
+            lambda: len(children_of(master)) == 2 and workers[0] not in children_of(master),
+            timeout=15,
+        )
+        assert replaced, [command_line(pid) for pid in children_of(master)]
+        experiment = create_experiment(stack, f"after-worker-death-{time.time_ns()}")
+        assert experiment
+        assert stack.process.poll() is None, "a worker's death alone must not stop the dyno"
+
         tree = tree_of(stack)
-        mlflow = [pid for pid in children_of(stack.process.pid) if "uvicorn" in command_line(pid)]
-        assert len(mlflow) == 1, [command_line(pid) for pid in children_of(stack.process.pid)]
         killed = time.monotonic()
-        os.kill(mlflow[0], signal.SIGKILL)
+        os.kill(master, signal.SIGKILL)
         code = stack.process.wait(STOP_LIMIT_SECONDS + 5)
         took = time.monotonic() - killed
         output = stack.output()

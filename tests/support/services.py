@@ -562,8 +562,28 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def mlflow_pid_of(stack: Stack) -> int:
+    """The stack's MLflow process: uvicorn (one worker) or gunicorn's master (forked workers),
+    i.e. the uvicorn/gunicorn process whose parent is neither."""
+
+    def is_mlflow(pid: int) -> bool:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        return len(argv) > 2 and argv[1] == b"-m" and argv[2] in (b"uvicorn", b"gunicorn")
+
+    for pid in descendants(stack.process.pid):
+        if is_mlflow(pid):
+            parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            if not is_mlflow(parent):
+                return pid
+    raise AssertionError("no uvicorn or gunicorn process in the stack")
+
+
 def mlflow_port_of(stack: Stack) -> int:
-    """The loopback port of the stack's uvicorn (MLflow), from its command line."""
+    """The loopback port of the stack's MLflow, from the command line of its uvicorn (one
+    worker: --port) or gunicorn (forked workers: --bind 127.0.0.1:port)."""
     for pid in descendants(stack.process.pid):
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -571,7 +591,9 @@ def mlflow_port_of(stack: Stack) -> int:
             continue
         if b"uvicorn" in argv and b"--port" in argv:
             return int(argv[argv.index(b"--port") + 1])
-    raise AssertionError("no uvicorn child with --port")
+        if b"gunicorn" in argv and b"--bind" in argv:
+            return int(argv[argv.index(b"--bind") + 1].rsplit(b":", 1)[1])
+    raise AssertionError("no uvicorn child with --port, nor gunicorn with --bind")
 
 
 def tree_pss_mb(pid: int) -> float:
