@@ -76,24 +76,27 @@ def _installed(venv: Path) -> set[str]:
     return {line.split("==")[0].lower() for line in result.stdout.splitlines()}
 
 
+def _setup_copy(tmp_path: Path, mode: str) -> subprocess.CompletedProcess[str]:
+    """Run a copy of scripts/setup in tmp_path (its .venv and lock files are tmp_path's)."""
+    script = tmp_path / "scripts" / "setup"
+    if not script.exists():
+        script.parent.mkdir(exist_ok=True)
+        shutil.copy(REPO_ROOT / "scripts" / "setup", script)
+    return subprocess.run(
+        ["bash", str(script), mode], capture_output=True, text=True, check=False, timeout=300
+    )
+
+
 def test_setup_test_syncs_the_environment_to_the_lock(tmp_path: Path) -> None:
     """`scripts/setup test` leaves exactly the test lock's packages (plus the venv's own pip):
     a package installed by hand is removed, and the uv it bootstraps from the lock stays."""
-    (tmp_path / "scripts").mkdir()
-    shutil.copy(REPO_ROOT / "scripts" / "setup", tmp_path / "scripts" / "setup")
     # A small lock: the uv setup bootstraps, and one package.
     (tmp_path / "requirements-dev.txt").write_text(
         _lock_entries(REPO_ROOT / "requirements-dev.txt", ("uv", "idna"))
     )
 
     def setup() -> None:
-        result = subprocess.run(
-            ["bash", str(tmp_path / "scripts" / "setup"), "test"],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=300,
-        )
+        result = _setup_copy(tmp_path, "test")
         assert result.returncode == 0, result.stdout + result.stderr
 
     venv = tmp_path / ".venv"
@@ -113,15 +116,7 @@ def test_setup_test_syncs_the_environment_to_the_lock(tmp_path: Path) -> None:
 
 
 def test_setup_refuses_an_unknown_mode_before_installing_anything(tmp_path: Path) -> None:
-    (tmp_path / "scripts").mkdir()
-    shutil.copy(REPO_ROOT / "scripts" / "setup", tmp_path / "scripts" / "setup")
-    result = subprocess.run(
-        ["bash", str(tmp_path / "scripts" / "setup"), "tests"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=30,
-    )
+    result = _setup_copy(tmp_path, "tests")
     assert result.returncode == 2
     assert "usage: scripts/setup local|test" in result.stderr
     assert not (tmp_path / ".venv").exists()
