@@ -344,6 +344,10 @@ class Running:
         return exited, len(alive(tree))
 
     def kill_everything(self) -> None:
+        if self.proc.poll() is None:
+            # Still running: the run was cut short (an error, SIGTERM, Ctrl-C). A graceful stop
+            # first, so the entrypoint removes its runtime directory as it does on a dyno.
+            self.terminate(to_all=False, grace=10.0)
         self.remember_tree()
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
@@ -374,14 +378,18 @@ def launch(
     running = Running(stack, env, log)
     bound = ready = None
     deadline = running.started + 90
-    while time.monotonic() < deadline and running.proc.poll() is None:
-        if bound is None and port_open(port):
-            bound = time.monotonic() - running.started
-        if bound is not None and authenticated_ok(port, auth):
-            ready = time.monotonic() - running.started
-            break
-        time.sleep(0.02)
-    running.remember_tree()
+    try:
+        while time.monotonic() < deadline and running.proc.poll() is None:
+            if bound is None and port_open(port):
+                bound = time.monotonic() - running.started
+            if bound is not None and authenticated_ok(port, auth):
+                ready = time.monotonic() - running.started
+                break
+            time.sleep(0.02)
+        running.remember_tree()
+    except BaseException:  # SIGTERM or Ctrl-C while it starts: the caller never gets it
+        running.kill_everything()
+        raise
     return running, bound, ready
 
 
@@ -985,6 +993,9 @@ def main(argv: list[str]) -> int:
     if not entrypoint.exists() and not (args.no_ours and not args.worker_counts):
         sys.exit(f"benchmark: {entrypoint} is missing: nothing to measure")
     become_subreaper()
+    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C: every stack, the PostgreSQL cluster
+    # and the S3 server are stopped and their temporary directories removed.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     machine = machine_facts(argv)
     print(f"load before: {machine['uptime_before']}", flush=True)
 

@@ -1,12 +1,21 @@
 """scripts/benchmark.py is run by hand (docs/benchmark.md), not in CI; these checks keep its
-command line, input errors and report arithmetic from rotting without starting any stack."""
+command line, input errors and report arithmetic from rotting, and one short run checks that
+SIGTERM cleans everything up."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -96,3 +105,73 @@ def test_paired_overhead_is_the_median_over_rounds(benchmark: ModuleType) -> Non
     assert benchmark.paired_overhead(*cells) == pytest.approx(0.05)
     table = render_one_stack(benchmark, cells)
     assert "| ours | 1 | 80 | 100 | +20.0 | +5.0 | 5 |" in table  # pooled vs paired
+
+
+def _ours(marker: str) -> list[int]:
+    """Live processes whose command line or environment mentions ``marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                text = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if marker.encode() in text and state != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def _leftovers(before: set[Path], marker: str) -> tuple[list[str], set[Path]]:
+    """What a run left: processes that inherited its marker variable (the S3 server, the load
+    clients, the stacks) or name one of the new temporary directories (PostgreSQL, started
+    with a clean environment), and those directories. All are then removed, so that even a
+    failing check leaves nothing behind."""
+    paths = set(Path(tempfile.gettempdir()).glob("mlflow-heroku-*")) - before
+    pids = {pid for key in (marker, *map(str, paths)) for pid in _ours(key)}
+    described = []
+    for pid in sorted(pids):
+        with contextlib.suppress(OSError):
+            described.append(f"{pid} {Path(f'/proc/{pid}/cmdline').read_bytes()[:80]!r}")
+            os.kill(pid, signal.SIGKILL)
+    if pids:
+        time.sleep(0.5)
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
+    return described, paths
+
+
+def test_sigterm_stops_every_service_and_removes_their_directories(tmp_path: Path) -> None:
+    """SIGTERM in the middle of a run unwinds: the stack, PostgreSQL and the S3 server stop,
+    and their temporary directories go (a run killed this way once left a cluster behind)."""
+    before = set(Path(tempfile.gettempdir()).glob("mlflow-heroku-*"))
+    marker = f"MLFLOW_HEROKU_TEST_RUN={uuid.uuid4().hex}"  # inherited: finds what it leaves
+    run = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--quick", "--no-recipe", "--workers", "", "--no-doc",
+         "--results-dir", str(tmp_path / "results")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, marker.split("=")[0]: marker.split("=")[1]},
+    )  # fmt: skip
+    try:
+        # The first stack is up once its runtime directory holds the migration flag.
+        deadline = time.monotonic() + 90
+        while not any(
+            (path / "migrated").exists()
+            for path in set(Path(tempfile.gettempdir()).glob("mlflow-heroku-*")) - before
+        ):
+            assert run.poll() is None, f"the benchmark ended early (exit {run.returncode})"
+            assert time.monotonic() < deadline, "no stack started within 90 s"
+            time.sleep(0.1)
+        started = set(Path(tempfile.gettempdir()).glob("mlflow-heroku-*")) - before
+        run.send_signal(signal.SIGTERM)
+        code = run.wait(60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+        left_running, left_paths = _leftovers(before, marker)
+    assert any(path.name.startswith("mlflow-heroku-pg-") for path in started), started
+    assert code == 128 + signal.SIGTERM
+    assert left_running == []
+    assert left_paths == set()
