@@ -11,7 +11,8 @@ Process layout (why: see docs/image.md)::
 
 Children's output goes through this process, which removes secrets from every line.
 Any child dying unexpectedly stops the others and exits non-zero, so Heroku restarts the
-dyno; SIGTERM/SIGINT stop everything gracefully within STOP_GRACE_SECONDS.
+dyno (a forked worker that dies is replaced by gunicorn's master instead); SIGTERM/SIGINT
+stop everything gracefully within STOP_GRACE_SECONDS.
 """
 
 from __future__ import annotations
@@ -363,8 +364,8 @@ class Supervisor:
             str(self.mlflow_port),
             "--workers",
             str(self.plan.workers),
-            # By name, so a missing one stops the start instead of uvicorn falling back to
-            # asyncio, which leaves TCP_NODELAY off with several workers (requirements.in).
+            # By name, so a missing one stops the start instead of uvicorn silently falling
+            # back to asyncio + h11: what runs is what the benchmark measured.
             "--loop",
             "uvloop",
             "--http",
