@@ -47,6 +47,8 @@ STOP_GRACE_SECONDS = 8.0  # Heroku allows 30 s; the brief promises everything go
 # How long a child stopped by SIGTERM/SIGINT may precede our own copy of the signal (Heroku and
 # a terminal signal every process, in no set order) before its end counts as a failure.
 SIBLING_SIGNAL_SECONDS = 1.0
+# MLflow keeps an idle connection 10 s longer than nginx does (plan.UPSTREAM_IDLE_SECONDS).
+MLFLOW_IDLE_SECONDS = UPSTREAM_IDLE_SECONDS + 10
 LOOPBACK = "127.0.0.1"
 CONFIG_ERROR_EXIT = 2
 CHILD_FAILED_EXIT = 1
@@ -343,7 +345,7 @@ class Supervisor:
             "--graceful-timeout",
             str(MLFLOW_GRACEFUL_SECONDS),
             "--keep-alive",
-            str(UPSTREAM_IDLE_SECONDS + 10),
+            str(MLFLOW_IDLE_SECONDS),
             # Its heartbeat files and no control socket (gunicorn 26 opens one in $HOME): the
             # image's only writable place is the runtime directory.
             "--worker-tmp-dir",
@@ -362,8 +364,6 @@ class Supervisor:
             LOOPBACK,
             "--port",
             str(self.mlflow_port),
-            "--workers",
-            str(self.plan.workers),
             # By name, so a missing one stops the start instead of uvicorn silently falling
             # back to asyncio + h11: what runs is what the benchmark measured.
             "--loop",
@@ -373,7 +373,7 @@ class Supervisor:
             "--timeout-graceful-shutdown",
             str(MLFLOW_GRACEFUL_SECONDS),
             "--timeout-keep-alive",
-            str(UPSTREAM_IDLE_SECONDS + 10),
+            str(MLFLOW_IDLE_SECONDS),
             "--no-access-log",  # nginx logs every request already
             "--no-server-header",
         ]
