@@ -128,7 +128,13 @@ def _leftovers(before: set[Path], marker: str) -> tuple[list[str], set[Path]]:
     with a clean environment), and those directories. All are then removed, so that even a
     failing check leaves nothing behind."""
     paths = set(Path(tempfile.gettempdir()).glob("mlflow-heroku-*")) - before
-    pids = {pid for key in (marker, *map(str, paths)) for pid in _ours(key)}
+    # A child that ends on its own once the run has exited is not left behind: the spawn
+    # context's resource tracker, for one, stops only when it reads EOF from the dead run.
+    deadline = time.monotonic() + 5
+    while (pids := {pid for key in (marker, *map(str, paths)) for pid in _ours(key)}) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.1)
     described = []
     for pid in sorted(pids):
         with contextlib.suppress(OSError):
