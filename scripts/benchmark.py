@@ -52,7 +52,6 @@ from tests.support.services import PG_BIN, free_port, postgres_cluster, s3_serve
 # The image's own defaults and hash, so the report names what it measured.
 sys.path.insert(0, str(REPO / "image"))
 from mlflow_heroku_runtime.htpasswd import BCRYPT_COST, htpasswd_line  # noqa: E402
-from mlflow_heroku_runtime.plan import upstream_keepalive  # noqa: E402
 from mlflow_heroku_runtime.settings import DEFAULTS  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
@@ -275,7 +274,7 @@ class StackResult:
     sigterm_first_left: int | None = None
     sigterm_all_s: float | None = None
     sigterm_all_left: int | None = None
-    mlflow_port_found: bool = False
+    mlflow_ports_found: int = 0
     load: list[LoadCell] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -434,12 +433,13 @@ class LoadSample:
 
 
 def log_metric_load(
-    base: str, auth: tuple[str, str] | None, clients: int, seconds: float, keep_alive: bool
+    bases: list[str], auth: tuple[str, str] | None, clients: int, seconds: float, keep_alive: bool
 ) -> LoadSample:
-    """`clients` threads, each with its own session and run, POST log-metric for `seconds`.
-    Without keep_alive every request asks for `Connection: close` (a fresh connection each
-    time, as nginx opens to MLflow)."""
-    run_ids = create_runs(base, auth, clients)
+    """`clients` threads, each with its own session and run, POST log-metric for `seconds`;
+    client i sends to ``bases[i % len(bases)]`` (one per MLflow worker port on the direct
+    path: an even split). Without keep_alive every request asks for `Connection: close` (a
+    fresh connection each time, as the recipe's nginx opens to MLflow)."""
+    run_ids = create_runs(bases[0], auth, clients)
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors = [0] * clients
     barrier = threading.Barrier(clients + 1)
@@ -451,7 +451,7 @@ def log_metric_load(
             session.auth = auth
             if not keep_alive:
                 session.headers["Connection"] = "close"
-            url = f"{base}{LOG_METRIC_PATH}"
+            url = f"{bases[index % len(bases)]}{LOG_METRIC_PATH}"
 
             def one(step: int) -> bool:
                 body = {
@@ -577,22 +577,23 @@ def run_artifact_mix(base: str, auth: tuple[str, str], seconds: float) -> dict[s
     }
 
 
-def find_mlflow_port(running: Running, public_port: int) -> int | None:
-    """MLflow's own loopback port: a listening port of the tree other than $PORT that serves
-    the readiness path without auth."""
+def find_mlflow_ports(running: Running, public_port: int) -> list[int]:
+    """MLflow's own loopback ports (ours: one per worker): the listening ports of the tree
+    other than $PORT that serve the readiness path without auth."""
+    found = []
     for port in sorted(listening_ports(running.remember_tree()) - {public_port}):
         try:
             if requests.get(f"http://127.0.0.1:{port}{READY_PATH}", timeout=10).ok:
-                return port
+                found.append(port)
         except requests.RequestException:
             continue
-    return None
+    return found
 
 
 # --------------------------------------------------------------------------- one stack
 
 
-LoadRunner = Callable[[str, "tuple[str, str] | None", int, float, bool], LoadSample]
+LoadRunner = Callable[[list[str], "tuple[str, str] | None", int, float, bool], LoadSample]
 
 
 def load_runner(pool: concurrent.futures.Executor) -> LoadRunner:
@@ -602,9 +603,13 @@ def load_runner(pool: concurrent.futures.Executor) -> LoadRunner:
     ~10% slower at one client than it is."""
 
     def run(
-        base: str, auth: tuple[str, str] | None, clients: int, seconds: float, keep_alive: bool
+        bases: list[str],
+        auth: tuple[str, str] | None,
+        clients: int,
+        seconds: float,
+        keep_alive: bool,
     ) -> LoadSample:
-        return pool.submit(log_metric_load, base, auth, clients, seconds, keep_alive).result()
+        return pool.submit(log_metric_load, bases, auth, clients, seconds, keep_alive).result()
 
     return run
 
@@ -668,31 +673,31 @@ def bench_stack(
         result.notes.append(phases(running, "warm restart"))
         time.sleep(args.settle)
         result.idle_pss_mb, result.idle_processes = tree_pss_mb(running.proc.pid)
-        mlflow_port = find_mlflow_port(running, port)
-        result.mlflow_port_found = mlflow_port is not None
-        if mlflow_port is None:
+        mlflow_ports = find_mlflow_ports(running, port)
+        result.mlflow_ports_found = len(mlflow_ports)
+        if not mlflow_ports:
             ports = sorted(listening_ports(running.remember_tree()))
             result.notes.append(f"no direct MLflow port found among listening ports {ports}")
-        targets: list[tuple[str, str, tuple[str, str] | None]] = [
-            ("nginx", f"http://127.0.0.1:{port}", auth)
+        targets: list[tuple[str, list[str], tuple[str, str] | None]] = [
+            ("nginx", [f"http://127.0.0.1:{port}"], auth)
         ]
-        if mlflow_port is not None:
-            targets.append(("direct", f"http://127.0.0.1:{mlflow_port}", None))
+        if mlflow_ports:
+            targets.append(("direct", [f"http://127.0.0.1:{p}" for p in mlflow_ports], None))
         # Clients keep their connection to nginx, as the MLflow clients do.
         keep_alive = {"nginx": True, "direct": stack.upstream_keepalive}
         with PeakSampler(running.proc.pid) as sampler:
-            for path, base, path_auth in targets:
-                load(base, path_auth, max(args.client_counts), WARM_UP_SECONDS, keep_alive[path])
+            for path, bases, path_auth in targets:
+                load(bases, path_auth, max(args.client_counts), WARM_UP_SECONDS, keep_alive[path])
             for clients in args.client_counts:
                 # Paths alternate in slices (A B B A ...), so drifting background load on
                 # this shared machine hits both paths alike.
                 samples: dict[str, list[LoadSample]] = {path: [] for path, _, _ in targets}
                 for round_index in range(args.rounds):
                     order = targets if round_index % 2 == 0 else targets[::-1]
-                    for path, base, path_auth in order:
+                    for path, bases, path_auth in order:
                         samples[path].append(
                             load(
-                                base,
+                                bases,
                                 path_auth,
                                 clients,
                                 args.duration / args.rounds,
@@ -757,14 +762,13 @@ def prepare_recipe(stack_dir: Path, env: dict[str, str]) -> None:
 
 def our_stack(name: str, database: str, workers: int | None, args: argparse.Namespace) -> Stack:
     env = {} if workers is None else {args.workers_env: str(workers)}
-    effective_workers = int(DEFAULTS["WEB_CONCURRENCY"]) if workers is None else workers
     return Stack(
         name,
         [sys.executable, str(REPO / "image" / "entrypoint.py")],
         env,
         database,
         artifact_mix=True,
-        upstream_keepalive=upstream_keepalive(effective_workers),
+        upstream_keepalive=True,  # to every worker's own port (forked_workers.py)
     )
 
 

@@ -1,8 +1,14 @@
-"""gunicorn's worker class for two or more MLflow workers (``WEB_CONCURRENCY`` >= 2).
+"""gunicorn's worker class and server hook for two or more MLflow workers (``WEB_CONCURRENCY``
+>= 2); the supervisor passes this module to gunicorn as its ``--config`` too.
 
 gunicorn imports MLflow once in its master (``--preload``; asgi.py also opens the stores and
 loads boto3 there) and forks the workers from it, so they share those pages instead of each
 importing MLflow itself, as uvicorn's own ``--workers`` does (docs/image.md, "Workers").
+
+gunicorn binds one loopback port per worker (``--bind`` in slot order) and each worker serves
+only the port of its slot. nginx then chooses the worker (``least_conn``) and may keep its
+connections to each: on one shared port the kernel chooses, which piles kept connections onto
+one worker, and without kept connections costs a connect and an accept per request.
 """
 
 from __future__ import annotations
@@ -26,3 +32,16 @@ class MlflowWorker(UvicornWorker):  # type: ignore[misc]
         "access_log": False,
         "timeout_graceful_shutdown": MLFLOW_GRACEFUL_SECONDS,
     }
+    slot: int  # set by pre_fork in the master
+
+    def run(self) -> None:
+        own: Any = self.sockets[self.slot]  # type: ignore[has-type]
+        self.sockets = [own]  # this worker's own port only
+        super().run()
+
+
+def pre_fork(server: Any, worker: MlflowWorker) -> None:
+    """gunicorn's hook, in the master before each fork: the lowest slot no live worker holds,
+    so a replacement takes over the port of the worker it replaces."""
+    taken = {sibling.slot for sibling in server.WORKERS.values()}
+    worker.slot = min(set(range(len(server.LISTENERS))) - taken)

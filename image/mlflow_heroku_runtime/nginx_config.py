@@ -19,7 +19,7 @@ class NginxParams:
     runtime_dir: Path
     htpasswd_path: Path
     port: int
-    mlflow_port: int
+    mlflow_ports: list[int]  # one per MLflow worker (plan.Plan.mlflow_ports)
     username: str
     password: str
     max_body_size: str = "5g"
@@ -30,7 +30,6 @@ class NginxParams:
     error_log_level: str = "warn"
     worker_user: str = ""  # only when started as root: "user group"
     trust_forwarded_for: bool = True  # behind Heroku's router (DYNO set)
-    upstream_keepalive: bool = False  # reuse connections to MLflow (plan.upstream_keepalive)
 
 
 def expected_authorization(username: str, password: str) -> str:

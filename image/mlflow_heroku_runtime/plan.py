@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 LOCAL_PORT = 8080
-# nginx drops an idle keep-alive connection to MLflow after this; uvicorn keeps one 10 s longer
-# (supervisor.py), so it is always nginx that closes, never uvicorn under a request nginx is
-# already sending.
+# nginx drops an idle keep-alive connection to an MLflow worker after this; uvicorn keeps one
+# 10 s longer (supervisor.py), so it is always nginx that closes, never uvicorn under a request
+# nginx is already sending.
 UPSTREAM_IDLE_SECONDS = 50
 # How long uvicorn lets in-flight requests finish after SIGTERM (one worker or forked workers).
 MLFLOW_GRACEFUL_SECONDS = 6
@@ -23,21 +23,14 @@ MLFLOW_GRACEFUL_SECONDS = 6
 FORKED_WORKERS_VARIABLE = "_MLFLOW_HEROKU_FORKED_WORKERS"
 
 
-def upstream_keepalive(workers: int) -> bool:
-    """Whether nginx keeps its connections to MLflow open: only with one uvicorn worker. A kept
-    connection stays with the worker that accepted it, so with several workers a few busy
-    connections can all load one of them (benchmark run J, 2 workers, 4 clients: 215 req/s
-    through kept connections against 386 direct); a fresh connection per request goes to
-    whichever worker accepts it first."""
-    return workers == 1
-
-
 @dataclass(frozen=True)
 class Plan:
     runtime_dir: str  # private temp dir: nginx.conf, htpasswd, temp paths, flag file
     nginx_config: str
     port: int
-    mlflow_port: int
+    # One loopback port per MLflow worker, each served by that worker alone: nginx picks the
+    # worker (least_conn) and keeps its connections to each (docs/image.md, "Workers").
+    mlflow_ports: list[int]
     backend_store_uri: str  # includes the DB password: never log it
     database_description: str  # host:port/db, safe to log
     artifacts_destination: str

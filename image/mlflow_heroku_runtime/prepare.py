@@ -8,6 +8,7 @@ and exits 2 with nothing created. Otherwise it creates the private runtime direc
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -18,21 +19,25 @@ from pathlib import Path
 from . import nginx_config
 from .errors import ConfigError
 from .htpasswd import write_htpasswd
-from .plan import Plan, argument_parser, upstream_keepalive
+from .plan import Plan, argument_parser
 from .settings import Settings, generate_local_password, load_settings, reachable_address
 
 LOOPBACK = "127.0.0.1"
 CONFIG_ERROR_EXIT = 2
 
 
-def free_loopback_port(avoid: int) -> int:
-    """A free port on 127.0.0.1 for MLflow, never $PORT (Heroku may hand out 5000)."""
-    while True:
-        with socket.socket() as sock:
+def free_loopback_ports(count: int, avoid: int) -> list[int]:
+    """``count`` distinct free ports on 127.0.0.1 for MLflow's workers, never $PORT (Heroku
+    may hand out 5000). All are held at once while chosen, so none repeats."""
+    with contextlib.ExitStack() as held:
+        ports: list[int] = []
+        while len(ports) < count:
+            sock = held.enter_context(socket.socket())
             sock.bind((LOOPBACK, 0))
             port: int = sock.getsockname()[1]
-        if port != avoid:
-            return port
+            if port != avoid:
+                ports.append(port)
+        return ports
 
 
 def local_password(data_dir: Path) -> str:
@@ -47,7 +52,7 @@ def local_password(data_dir: Path) -> str:
     return password
 
 
-def write_nginx_files(settings: Settings, runtime_dir: Path, mlflow_port: int) -> Path:
+def write_nginx_files(settings: Settings, runtime_dir: Path, mlflow_ports: list[int]) -> Path:
     htpasswd_path = runtime_dir / "htpasswd"
     write_htpasswd(htpasswd_path, settings.username, settings.password)
     worker_user = ""
@@ -65,7 +70,7 @@ def write_nginx_files(settings: Settings, runtime_dir: Path, mlflow_port: int) -
         runtime_dir=runtime_dir,
         htpasswd_path=htpasswd_path,
         port=settings.port,
-        mlflow_port=mlflow_port,
+        mlflow_ports=mlflow_ports,
         username=settings.username,
         password=settings.password,
         max_body_size=settings.max_body_size,
@@ -74,7 +79,6 @@ def write_nginx_files(settings: Settings, runtime_dir: Path, mlflow_port: int) -
         listen_address=settings.listen_address,
         worker_user=worker_user,
         trust_forwarded_for=settings.behind_heroku_router,
-        upstream_keepalive=upstream_keepalive(settings.workers),
     )
     config_path = runtime_dir / "nginx.conf"
     descriptor = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -105,13 +109,13 @@ def main(argv: Sequence[str]) -> int:
             print(f"entrypoint: configuration error: {problem}", file=sys.stderr)
         return CONFIG_ERROR_EXIT
     runtime_dir = Path(tempfile.mkdtemp(prefix="mlflow-heroku-"))
-    mlflow_port = free_loopback_port(settings.port)
-    config_path = write_nginx_files(settings, runtime_dir, mlflow_port)
+    mlflow_ports = free_loopback_ports(settings.workers, avoid=settings.port)
+    config_path = write_nginx_files(settings, runtime_dir, mlflow_ports)
     plan = Plan(
         runtime_dir=str(runtime_dir),
         nginx_config=str(config_path),
         port=settings.port,
-        mlflow_port=mlflow_port,
+        mlflow_ports=mlflow_ports,
         backend_store_uri=settings.backend_store_uri,
         database_description=settings.database_description,
         artifacts_destination=settings.artifacts_destination,

@@ -97,7 +97,7 @@ class Supervisor:
         self.partial: dict[int, bytes] = {}
         self.children: dict[str, subprocess.Popen[bytes]] = {}
         self.stop_signal: int | None = None
-        self.mlflow_port = plan.mlflow_port
+        self.mlflow_ports = plan.mlflow_ports
         self.migrated_flag = self.runtime_dir / "migrated"
         self.mlflow_ready = False
 
@@ -318,7 +318,7 @@ class Supervisor:
                 log(f"{failed} exited unexpectedly (exit {code}); stopping the rest")
                 return self.shutdown(CHILD_FAILED_EXIT)
             self._pump(0.1 if ready else 0.05)
-            if not ready and mlflow_answers_health(self.mlflow_port):
+            if not ready and all(map(mlflow_answers_health, self.mlflow_ports)):
                 ready = self.mlflow_ready = True
                 log(f"MLflow ready after {time.monotonic() - started:.1f} s")
                 if self.plan.local:
@@ -340,8 +340,10 @@ class Supervisor:
             str(self.plan.workers),
             "--worker-class",
             "mlflow_heroku_runtime.forked_workers.MlflowWorker",
-            "--bind",
-            f"{LOOPBACK}:{self.mlflow_port}",
+            # One listener per worker, in slot order; each worker serves its own only.
+            *(f"--bind={LOOPBACK}:{port}" for port in self.mlflow_ports),
+            "--config",  # for its pre_fork hook, which hands each worker a free slot
+            "python:mlflow_heroku_runtime.forked_workers",
             "--graceful-timeout",
             str(MLFLOW_GRACEFUL_SECONDS),
             "--keep-alive",
@@ -363,7 +365,7 @@ class Supervisor:
             "--host",
             LOOPBACK,
             "--port",
-            str(self.mlflow_port),
+            str(self.mlflow_ports[0]),
             # By name, so a missing one stops the start instead of uvicorn silently falling
             # back to asyncio + h11: what runs is what the benchmark measured.
             "--loop",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -88,9 +89,10 @@ def test_ui_shows_an_experiment_created_by_the_test(stack: Stack, browser: Any) 
     assert screenshot.stat().st_size > 10_000
     # The page's own API calls went through nginx with the login and were all answered.
     # (Requests from web workers do not get CDP's extra header, so they are left out.)
+    output = stack.wait_for_output(re.compile(r"/ajax-api/2\.0/mlflow/experiments/search.*Chrome"))
     logs = [
         entry
-        for entry in stack.output().splitlines()
+        for entry in output.splitlines()
         if "HeadlessChrome" in entry and f"user={stack.username}" in entry and "ajax-api" in entry
     ]
     assert any("experiments/search" in entry and '" 200 ' in entry for entry in logs), logs

@@ -12,7 +12,7 @@ import uuid
 import pytest
 import requests
 
-from tests.support.services import PostgresCluster, S3Server, Stack, mlflow_port_of
+from tests.support.services import PostgresCluster, S3Server, Stack, mlflow_ports_of
 
 pytestmark = pytest.mark.integration
 API = "/api/2.0/mlflow"
@@ -91,17 +91,16 @@ def test_errors_do_not_echo_sql_or_secrets(
 
 def test_no_secret_in_the_logs(stack: Stack, postgres: PostgresCluster, s3: S3Server) -> None:
     # Make sure the log has seen wrong logins and errors by now.
-    requests.get(
-        f"{stack.url}{API}/experiments/search", auth=("x", stack.password + "x"), timeout=10
-    )
     requests.post(
         f"{stack.url}{API}/experiments/create",
         json={"name": f"log-{uuid.uuid4().hex}"},
         auth=stack.auth,
         timeout=10,
     )
-    output = stack.output()
-    assert "GET /api/2.0/mlflow/experiments/search" in output  # nginx logs do arrive
+    wrong_login = f"{API}/experiments/search?wrong-login={uuid.uuid4().hex}"
+    requests.get(f"{stack.url}{wrong_login}", auth=("x", stack.password + "x"), timeout=10)
+    output = stack.wait_for_output(f"GET {wrong_login}")
+    assert f"GET {wrong_login}" in output, "nginx's access log did not arrive within 5 s"
     for secret in (
         stack.password,
         postgres.password,
@@ -130,4 +129,7 @@ def test_tests_keep_nginx_and_mlflow_on_loopback(stack: Stack) -> None:
     # heroku_env sets MLFLOW_HEROKU_LISTEN_ADDRESS=127.0.0.1: nothing the tests start may be
     # reachable from outside this machine, although DYNO is set (a dyno listens on 0.0.0.0).
     assert _listening_addresses(stack.port) == {"0100007F"}  # 127.0.0.1, nothing else
-    assert _listening_addresses(mlflow_port_of(stack)) == {"0100007F"}  # uvicorn too
+    ports = mlflow_ports_of(stack)
+    assert len(ports) == 2, ports  # the shared stack's default: one per forked worker
+    for port in ports:
+        assert _listening_addresses(port) == {"0100007F"}  # MLflow's workers too

@@ -5,8 +5,11 @@ The client runs with no AWS credentials in its environment: artifacts are proxie
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
+import re
+import socket
 import statistics
 import time
 import uuid
@@ -24,7 +27,7 @@ from tests.support.services import (
     free_port,
     heroku_env,
     mlflow_pid_of,
-    mlflow_port_of,
+    mlflow_ports_of,
     running_stack,
 )
 
@@ -206,11 +209,11 @@ def _established_to(port: int) -> set[int]:
     return local_ports
 
 
-def _timed_reuse(stack: Stack) -> tuple[list[float], set[int], set[int]]:
-    """Two batches of 20 sequential authenticated GETs on one client connection: each
-    request's seconds, and nginx's connections to MLflow after each batch."""
-    port = mlflow_port_of(stack)
-    url = f"{stack.url}/api/2.0/mlflow/experiments/get?experiment_id=0"
+def _timed_reuse(stack: Stack, port: int, marker: str) -> tuple[list[float], set[int], set[int]]:
+    """Two batches of 20 sequential authenticated GETs (``marker`` in their query) on one
+    client connection: each request's seconds, and nginx's connections to ``port`` after each
+    batch."""
+    url = f"{stack.url}/api/2.0/mlflow/experiments/get?experiment_id=0&{marker}"
     seconds: list[float] = []
     batches: list[set[int]] = []
     with requests.Session() as session:
@@ -221,6 +224,36 @@ def _timed_reuse(stack: Stack) -> tuple[list[float], set[int], set[int]]:
                 seconds.append(time.perf_counter() - started)
             batches.append(_established_to(port))
     return seconds, batches[0], batches[1]
+
+
+def _upstreams(output: str, marker: str) -> list[str]:
+    """The upstream field (the MLflow port that answered) of each access-log line whose
+    request line contains ``marker``."""
+    return re.findall(rf'"[A-Z]+ [^"]*{re.escape(marker)}[^"]*" .* upstream=(\S+)', output)
+
+
+class HeldUpload:
+    """An artifact upload through nginx that sends its headers and a first part of its body,
+    then waits: the MLflow worker nginx gave it stays busy until ``finish``."""
+
+    def __init__(self, stack: Stack, marker: str, size: int = 1000) -> None:
+        self.size = size
+        token = base64.b64encode(f"{stack.username}:{stack.password}".encode()).decode()
+        self.sock = socket.create_connection(("127.0.0.1", stack.port), timeout=10)
+        self.sock.sendall(
+            f"PUT /api/2.0/mlflow-artifacts/artifacts/held/{marker}.bin HTTP/1.1\r\n"
+            f"Host: localhost\r\nAuthorization: Basic {token}\r\n"
+            f"Content-Length: {size}\r\nConnection: close\r\n\r\n".encode()
+            + b"x" * 10
+        )
+
+    def finish(self) -> bytes:
+        with self.sock:
+            self.sock.sendall(b"x" * (self.size - 10))
+            reply = b""
+            while chunk := self.sock.recv(65536):
+                reply += chunk
+        return reply
 
 
 def _mapped(pid: int) -> str:
@@ -247,13 +280,15 @@ def _parent(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
-def test_forked_workers_share_memory_and_get_fresh_connections(stack: Stack) -> None:
+def test_forked_workers_share_memory_and_nginx_sends_work_to_an_idle_one(stack: Stack) -> None:
     """The default layout (docs/image.md, "Workers"): gunicorn's master imported MLflow once
     and forked two workers, which serve on uvloop and httptools and share most of their pages
     with it (each worker's PSS well under its RSS; a worker that imported MLflow itself would
-    have its ~200 MB to itself). nginx opens a fresh connection per request, as a kept one
-    would pin clients to one worker, and no request waits for a delayed ACK."""
-    seconds, first, second = _timed_reuse(stack)
+    have its ~200 MB to itself). Each worker has its own port: one client's requests go to the
+    first worker on a kept connection, with no delayed ACK; while a slow upload keeps one
+    worker busy, every other request goes to the other; four slow uploads are split evenly."""
+    ports = mlflow_ports_of(stack)
+    assert len(ports) == 2, ports
     master = mlflow_pid_of(stack)
     workers = _serving(stack)
     assert len(workers) == 2, workers
@@ -261,8 +296,44 @@ def test_forked_workers_share_memory_and_get_fresh_connections(stack: Stack) -> 
     for pid in workers:
         pss, rss = _pss_and_rss_mb(pid)
         assert pss < 0.7 * rss, (pid, pss, rss)
-    assert not first & second, (first, second)
+
+    sequential = f"sequential={uuid.uuid4().hex}"
+    seconds, first, second = _timed_reuse(stack, ports[0], sequential)
+    assert first & second, (first, second)  # the same connection to worker 0 served both
     assert statistics.median(seconds) < 0.02, seconds
+
+    held_marker, beside = uuid.uuid4().hex, f"beside={uuid.uuid4().hex}"
+    upload = HeldUpload(stack, held_marker)
+    time.sleep(0.5)  # nginx has passed the headers on (artifact bodies are not buffered)
+    with requests.Session() as session:
+        for _ in range(10):
+            url = f"{stack.url}/api/2.0/mlflow/experiments/get?experiment_id=0&{beside}"
+            assert session.get(url, auth=stack.auth, timeout=10).status_code == 200
+    reply = upload.finish()
+    assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
+
+    output = stack.wait_for_output(f"held/{held_marker}.bin")
+    [held_by] = _upstreams(output, f"held/{held_marker}.bin")
+    served_beside = _upstreams(output, beside)
+    served_sequential = _upstreams(output, sequential)
+    assert len(served_beside) == 10, output[-3000:]
+    assert len(served_sequential) == 40, output[-3000:]
+    assert held_by in {f"127.0.0.1:{port}" for port in ports}, held_by
+    assert held_by not in served_beside, (held_by, served_beside)
+    # The first worker whenever it is idle: nginx's tie-break lets ~2% go elsewhere.
+    assert served_sequential.count(f"127.0.0.1:{ports[0]}") >= 36, served_sequential
+
+    # Every worker busy: the fewest requests in flight. Four at once land two on each.
+    markers = [uuid.uuid4().hex for _ in range(4)]
+    uploads = []
+    for marker in markers:
+        uploads.append(HeldUpload(stack, marker))
+        time.sleep(0.3)  # in order, each after nginx has placed the one before
+    replies = [upload.finish() for upload in uploads]
+    assert all(reply.startswith(b"HTTP/1.1 200") for reply in replies), replies
+    output = stack.wait_for_output(f"held/{markers[-1]}.bin")
+    placed = [upstream for m in markers for upstream in _upstreams(output, f"held/{m}.bin")]
+    assert sorted(placed) == sorted(f"127.0.0.1:{port}" for port in ports * 2), placed
 
 
 def test_one_worker_keeps_its_connections_to_mlflow(
@@ -272,7 +343,8 @@ def test_one_worker_keeps_its_connections_to_mlflow(
     and reuses them (docs/image.md): the same connections carry a second batch of requests."""
     env = heroku_env(port=free_port(), database_url=postgres.url, s3=s3, WEB_CONCURRENCY="1")
     with running_stack(env, ready_timeout=90) as stack:
-        _seconds, first, second = _timed_reuse(stack)
+        [port] = mlflow_ports_of(stack)
+        _seconds, first, second = _timed_reuse(stack, port, "one-worker")
         mlflow = mlflow_pid_of(stack)
         uvicorn_alone = b"uvicorn" in Path(f"/proc/{mlflow}/cmdline").read_bytes()
         serving = _serving(stack)

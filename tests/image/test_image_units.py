@@ -408,7 +408,7 @@ def _params(
         runtime_dir=tmp_path,
         htpasswd_path=tmp_path / "htpasswd",
         port=port,
-        mlflow_port=port + 1,
+        mlflow_ports=[port + 1],
         username="alice",
         password=password,
         max_body_size="5g",
@@ -460,24 +460,76 @@ def assert_nginx_accepts(config: Path, prefix: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize(("workers", "reused"), [("1", True), ("2", False), ("3", False)])
-def test_upstream_keepalive_only_with_one_worker(
-    tmp_path: Path, workers: str, reused: bool
+def _upstream_block(text: str) -> list[str]:
+    start = text.index("upstream mlflow {")
+    return [
+        line.strip()
+        for line in text[start : text.index("}", start)].splitlines()[1:]
+        if line.strip() and not line.strip().startswith("#")
+    ]
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_upstream_has_one_server_per_worker_and_keeps_connections(
+    tmp_path: Path, workers: int
 ) -> None:
-    """Kept connections to MLflow only with one worker (a kept connection stays with one of
-    several workers); nginx drops them before uvicorn would; the config passes nginx -t."""
+    """One worker: its port, plainly. Forked workers: each port once with max_conns=1 (an idle
+    worker first), the first weighted up (it takes the work while idle), then each as a backup
+    for when all are busy (least_conn: the fewest requests). Never marked down. Connections
+    are kept, and nginx drops them before uvicorn would; the config passes nginx -t."""
     from mlflow_heroku_runtime import prepare
     from mlflow_heroku_runtime.plan import UPSTREAM_IDLE_SECONDS
 
-    loaded = load_settings({**GOOD_ENV, "WEB_CONCURRENCY": workers})
-    config = prepare.write_nginx_files(loaded, tmp_path, 5001)
-    text = config.read_text()
-    upstream = text[
-        text.index("upstream mlflow {") : text.index("}", text.index("upstream mlflow {"))
-    ]
-    assert ("keepalive 16;" in upstream) is reused
-    assert (f"keepalive_timeout {UPSTREAM_IDLE_SECONDS}s;" in upstream) is reused
+    loaded = load_settings({**GOOD_ENV, "WEB_CONCURRENCY": str(workers)})
+    ports = prepare.free_loopback_ports(workers, avoid=loaded.port)
+    config = prepare.write_nginx_files(loaded, tmp_path, ports)
+    lines = _upstream_block(config.read_text())
+    keep = ["keepalive 16;", f"keepalive_timeout {UPSTREAM_IDLE_SECONDS}s;"]
+    if workers == 1:
+        assert lines == [f"server 127.0.0.1:{ports[0]};", *keep]
+    else:
+        assert lines == [
+            "least_conn;",
+            *(
+                f"server 127.0.0.1:{port} max_conns=1 max_fails=0 weight={100 if i == 0 else 1};"
+                for i, port in enumerate(ports)
+            ),
+            *(f"server 127.0.0.1:{port} max_fails=0 backup;" for port in ports),
+            *keep,
+        ]
     assert_nginx_accepts(config, tmp_path)
+
+
+def test_free_loopback_ports_are_distinct_and_never_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every worker gets its own port, and none is $PORT, even when the kernel offers it."""
+    from types import SimpleNamespace
+
+    from mlflow_heroku_runtime import prepare
+
+    offered = iter([5000, 41000, 41001, 41002])
+
+    class FakeSocket:
+        def __init__(self) -> None:
+            self.port = next(offered)
+
+        def __enter__(self) -> FakeSocket:
+            return self
+
+        def __exit__(self, *_exc: object) -> None:
+            return None
+
+        def bind(self, _address: tuple[str, int]) -> None:
+            return None
+
+        def getsockname(self) -> tuple[str, int]:
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(prepare, "socket", SimpleNamespace(socket=FakeSocket))
+    assert prepare.free_loopback_ports(3, avoid=5000) == [41000, 41001, 41002]
+    monkeypatch.undo()
+    real = prepare.free_loopback_ports(16, avoid=5000)
+    assert len(set(real)) == 16
+    assert 5000 not in real
 
 
 @pytest.mark.parametrize(
@@ -617,7 +669,7 @@ def test_plan_round_trips_through_json() -> None:
         runtime_dir="/tmp/x",
         nginx_config="/tmp/x/nginx.conf",
         port=5000,
-        mlflow_port=40000,
+        mlflow_ports=[40000, 40001],
         backend_store_uri="postgresql+psycopg://u:p%40ss@h/d",
         database_description="h:5432/d",
         artifacts_destination="s3://b/p",
@@ -805,3 +857,67 @@ def test_values_checked_after_stripping_reach_mlflow_stripped() -> None:
     with pytest.raises(ConfigError) as raised:
         load_settings({**GOOD_ENV, "AWS_REGION": "eu-west-1\nus-east-1"})
     assert raised.value.problems == ["AWS_REGION must look like eu-west-1 (an AWS region name)"]
+
+
+def test_each_forked_worker_takes_a_free_slot_and_serves_only_its_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """gunicorn's pre_fork hook hands out the lowest slot no live worker holds, so the
+    replacement of a dead worker serves the dead one's port; a worker keeps only that port's
+    listener of the master's (one per slot, in --bind order)."""
+    from types import SimpleNamespace
+
+    from mlflow_heroku_runtime import forked_workers
+    from uvicorn_worker import UvicornWorker
+
+    def worker(slot: int | None = None) -> forked_workers.MlflowWorker:
+        made = object.__new__(forked_workers.MlflowWorker)
+        if slot is not None:
+            made.slot = slot
+        return made
+
+    arbiter = SimpleNamespace(WORKERS={}, LISTENERS=["port-a", "port-b", "port-c"])
+    for pid in (101, 102, 103):
+        new = worker()
+        forked_workers.pre_fork(arbiter, new)
+        arbiter.WORKERS[pid] = new
+    assert [w.slot for w in arbiter.WORKERS.values()] == [0, 1, 2]
+    del arbiter.WORKERS[102]  # died; gunicorn reaps it, then forks a replacement
+    replacement = worker()
+    forked_workers.pre_fork(arbiter, replacement)
+    assert replacement.slot == 1
+
+    served: list[list[str]] = []
+    monkeypatch.setattr(UvicornWorker, "run", lambda self: served.append(self.sockets))
+    running = worker(slot=1)
+    running.sockets = list(arbiter.LISTENERS)
+    running.run()
+    assert served == [["port-b"]]
+
+
+def test_supervisor_binds_one_port_per_forked_worker_in_slot_order() -> None:
+    """gunicorn gets every port of the plan as its own --bind, in slot order, and this
+    module as --config (for pre_fork); one worker is uvicorn alone on the plan's one port."""
+    from mlflow_heroku_runtime.plan import Plan
+    from mlflow_heroku_runtime.supervisor import Supervisor
+
+    def argv(ports: list[int]) -> list[str]:
+        plan = Plan(
+            runtime_dir="/tmp/x", nginx_config="/tmp/x/nginx.conf", port=5000,
+            mlflow_ports=ports, backend_store_uri="sqlite:///x", database_description="x",
+            artifacts_destination="/tmp/a", workers=len(ports), db_wait_seconds=40,
+            local=False, username="u", password="p",
+        )  # fmt: skip
+        return Supervisor(plan).mlflow_argv()
+
+    forked = argv([41000, 41001, 41002])
+    assert [arg for arg in forked if arg.startswith("--bind")] == [
+        "--bind=127.0.0.1:41000",
+        "--bind=127.0.0.1:41001",
+        "--bind=127.0.0.1:41002",
+    ]
+    assert forked[forked.index("--workers") + 1] == "3"
+    assert forked[forked.index("--config") + 1] == "python:mlflow_heroku_runtime.forked_workers"
+    alone = argv([41000])
+    assert "uvicorn" in alone
+    assert alone[alone.index("--port") + 1] == "41000"

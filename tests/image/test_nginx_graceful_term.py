@@ -4,6 +4,7 @@ request is in flight."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import os
 import signal
@@ -35,7 +36,9 @@ class SlowHandler(http.server.BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Length", str(len(BODY)))
         self.end_headers()
-        self.wfile.write(BODY)
+        # Stock nginx on SIGTERM drops the request (what the test shows): no traceback for it.
+        with contextlib.suppress(ConnectionError):
+            self.wfile.write(BODY)
 
     def log_message(self, format: str, *args: object) -> None:  # quiet: the test reads nginx's log
         pass

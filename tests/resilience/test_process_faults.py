@@ -34,6 +34,7 @@ from tests.support.services import (
     free_port,
     heroku_env,
     mlflow_pid_of,
+    mlflow_ports_of,
     running_stack,
 )
 
@@ -50,8 +51,9 @@ def test_killed_worker_is_replaced_and_killed_mlflow_stops_the_dyno(
     postgres: PostgresCluster, s3: S3Server
 ) -> None:
     """Default layout, gunicorn's master and two forked workers. A killed worker is replaced
-    by the master and the dyno keeps serving; the killed master (MLflow as a whole) stops the
-    dyno non-zero, so Heroku restarts it, with nothing left behind."""
+    by the master and the dyno keeps serving, the replacement on the dead worker's own port
+    (each port answers); the killed master (MLflow as a whole) stops the dyno non-zero, so
+    Heroku restarts it, with nothing left behind."""
     env = heroku_env(port=free_port(), database_url=postgres.url, s3=s3)
     with running_stack(env, ready_timeout=90) as stack:
         master = mlflow_pid_of(stack)
@@ -63,6 +65,9 @@ def test_killed_worker_is_replaced_and_killed_mlflow_stops_the_dyno(
             timeout=15,
         )
         assert replaced, [command_line(pid) for pid in children_of(master)]
+        for port in mlflow_ports_of(stack):
+            health = requests.get(f"http://127.0.0.1:{port}/health", timeout=10)
+            assert health.status_code == 200, (port, health.status_code)
         experiment = create_experiment(stack, f"after-worker-death-{time.time_ns()}")
         assert experiment
         assert stack.process.poll() is None, "a worker's death alone must not stop the dyno"

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -394,6 +395,18 @@ class Stack:
             return self._saved_output
         return self._output_path.read_bytes().decode("utf-8", errors="replace")
 
+    def wait_for_output(self, until: str | re.Pattern[str], timeout: float = 5) -> str:
+        """The output once it contains the text ``until`` or a match of it (nginx writes its
+        access log once a second), or as it is after ``timeout`` seconds."""
+
+        def arrived(output: str) -> bool:
+            return until in output if isinstance(until, str) else bool(until.search(output))
+
+        deadline = time.monotonic() + timeout
+        while not arrived(output := self.output()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return output
+
     def wait_ready(self, timeout: float = 60) -> float:
         """Wait for ``GET /health`` 200; returns seconds waited. Raises with the output."""
         started = time.monotonic()
@@ -581,18 +594,20 @@ def mlflow_pid_of(stack: Stack) -> int:
     raise AssertionError("no uvicorn or gunicorn process in the stack")
 
 
-def mlflow_port_of(stack: Stack) -> int:
-    """The loopback port of the stack's MLflow, from the command line of its uvicorn (one
-    worker: --port) or gunicorn (forked workers: --bind 127.0.0.1:port)."""
+def mlflow_ports_of(stack: Stack) -> list[int]:
+    """The loopback ports of the stack's MLflow, from the command line of its uvicorn (one
+    worker: --port) or gunicorn (forked workers: one --bind=127.0.0.1:port each, in slot
+    order)."""
     for pid in descendants(stack.process.pid):
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
         if b"uvicorn" in argv and b"--port" in argv:
-            return int(argv[argv.index(b"--port") + 1])
-        if b"gunicorn" in argv and b"--bind" in argv:
-            return int(argv[argv.index(b"--bind") + 1].rsplit(b":", 1)[1])
+            return [int(argv[argv.index(b"--port") + 1])]
+        binds = [arg.rsplit(b":", 1)[1] for arg in argv if arg.startswith(b"--bind=")]
+        if b"gunicorn" in argv and binds:
+            return [int(port) for port in binds]
     raise AssertionError("no uvicorn child with --port, nor gunicorn with --bind")
 
 
