@@ -90,9 +90,10 @@ DYNO_MEMORY_MB: Final[Mapping[str, int]] = {
 }
 SINGLE_DYNO_SIZES: Final = ("eco", "basic")
 MAX_DYNO_COUNT: Final = 100
-# Peak PSS of the whole dyno with 16 clients uploading artifacts (docs/benchmark.md, runs J and
-# K): one worker (uvicorn alone) 322-340 MB; workers forked from one import (gunicorn --preload)
-# 370 MB for two and 423 MB for three, ~50 MB per added worker. Rounded up for headroom.
+# Peak PSS of the whole dyno with 16 clients uploading artifacts (docs/benchmark.md, runs J, K
+# and M): one worker (uvicorn alone) 322-340 MB; workers forked from one import (gunicorn
+# --preload) 370-381 MB for two and 423-442 MB for three, ~40-60 MB per added worker. Rounded up
+# for headroom.
 SINGLE_WORKER_MEMORY_MB: Final = 360
 FORKED_BASE_MEMORY_MB: Final = 300
 FORKED_WORKER_MEMORY_MB: Final = 60
