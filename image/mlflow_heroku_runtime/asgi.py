@@ -24,6 +24,7 @@ from mlflow.server.fastapi_app import app as mlflow_app  # noqa: E402
 from .error_filter import ScrubDatabaseErrors  # noqa: E402
 from .migrate import wait_for_migration  # noqa: E402
 from .plan import FORKED_WORKERS_VARIABLE  # noqa: E402
+from .settings import DEFAULTS  # noqa: E402
 from .tracking_shortcut import TrackingApiShortcut  # noqa: E402
 
 
@@ -79,4 +80,15 @@ def dispose_database_pools(close: bool) -> None:
 # until the supervisor says the schema is current.
 wait_for_migration()
 warm_up_and_freeze()
-app = ScrubDatabaseErrors(TrackingApiShortcut(mlflow_app, _EfficientWSGIMiddleware(flask_app)))
+app = ScrubDatabaseErrors(
+    TrackingApiShortcut(
+        mlflow_app,
+        _EfficientWSGIMiddleware(flask_app),
+        # One tracking call at a time per pooled connection (settings.py sets the size).
+        concurrent_calls=int(
+            os.environ.get(
+                "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", DEFAULTS["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"]
+            )
+        ),
+    )
+)

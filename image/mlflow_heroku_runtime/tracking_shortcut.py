@@ -5,6 +5,8 @@ Light on purpose (no MLflow import), so the tests can check it without starting 
 
 from __future__ import annotations
 
+import anyio
+
 from .error_filter import ASGIApp, Receive, Scope, Send
 
 # Served only by MLflow's Flask app: no FastAPI route of the pinned MLflow lives under these
@@ -21,14 +23,27 @@ class TrackingApiShortcut:
     log-metric call; one worker is one core, so the shortcut is +27% throughput at 16
     clients (docs/benchmark.md). Nothing is lost: Flask runs MLflow's own Host, CORS and
     cross-origin checks (mlflow.server.security, active under uvicorn), and the FastAPI
-    middlewares skipped only act on FastAPI routes (workspaces, gateway timing)."""
+    middlewares skipped only act on FastAPI routes (workspaces, gateway timing).
 
-    def __init__(self, fastapi_app: ASGIApp, flask_bridge: ASGIApp) -> None:
+    At most ``concurrent_calls`` of these calls run at once in a worker (each in a thread of
+    the bridge); the others wait their turn in the event loop. More threads than that only
+    fight over the GIL: at 16 clients on 2 workers, ~8 threads each, capping them at 2 took
+    ~360-430 against ~300-330 req/s (docs/benchmark.md). The asgi module passes the tracking
+    store's pool size, so a call never holds a thread while it waits for a connection."""
+
+    def __init__(self, fastapi_app: ASGIApp, flask_bridge: ASGIApp, concurrent_calls: int) -> None:
+        if concurrent_calls < 1:
+            raise ValueError(f"concurrent_calls must be at least 1, not {concurrent_calls}")
         self.fastapi_app = fastapi_app
         self.flask_bridge = flask_bridge
+        self.concurrent_calls = concurrent_calls
+        self._limiter: anyio.CapacityLimiter | None = None  # made in the worker's own loop
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith(FLASK_ONLY_PREFIXES):
-            await self.flask_bridge(scope, receive, send)
+            if self._limiter is None:
+                self._limiter = anyio.CapacityLimiter(self.concurrent_calls)
+            async with self._limiter:
+                await self.flask_bridge(scope, receive, send)
         else:
             await self.fastapi_app(scope, receive, send)

@@ -91,7 +91,49 @@ def test_only_tracking_api_paths_take_the_shortcut(path: str, expected: str) -> 
 
         return app
 
-    shortcut = TrackingApiShortcut(recorder("fastapi"), recorder("flask"))
+    shortcut = TrackingApiShortcut(recorder("fastapi"), recorder("flask"), concurrent_calls=2)
     asyncio.run(shortcut({"type": "http", "path": path}, None, None))  # type: ignore[arg-type]
     asyncio.run(shortcut({"type": "websocket", "path": path}, None, None))  # type: ignore[arg-type]
     assert reached == [expected, "fastapi"]  # websockets always go to FastAPI
+
+
+def test_at_most_concurrent_calls_tracking_calls_run_at_once() -> None:
+    """Tracking calls beyond the cap wait in the event loop until one finishes; every call
+    runs in the end, and other paths (FastAPI's, /health among them) are never held back."""
+    running, peak, finished = [0], [0], [0]
+    release = asyncio.Event()
+    served_by_fastapi: list[str] = []
+
+    async def flask(scope: Any, receive: Any, send: Any) -> None:
+        running[0] += 1
+        peak[0] = max(peak[0], running[0])
+        await release.wait()
+        running[0] -= 1
+        finished[0] += 1
+
+    async def fastapi(scope: Any, receive: Any, send: Any) -> None:
+        served_by_fastapi.append(scope["path"])
+
+    async def main() -> None:
+        shortcut = TrackingApiShortcut(fastapi, flask, concurrent_calls=2)
+        calls = [
+            asyncio.create_task(
+                shortcut({"type": "http", "path": "/api/2.0/mlflow/runs/log-metric"}, None, None)  # type: ignore[arg-type]
+            )
+            for _ in range(5)
+        ]
+        await asyncio.sleep(0.05)
+        assert running[0] == 2  # three wait their turn
+        await shortcut({"type": "http", "path": "/health"}, None, None)  # type: ignore[arg-type]
+        assert served_by_fastapi == ["/health"]
+        release.set()
+        await asyncio.wait_for(asyncio.gather(*calls), 5)
+
+    asyncio.run(main())
+    assert peak[0] == 2
+    assert finished[0] == 5
+
+
+def test_the_cap_must_allow_one_call() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        TrackingApiShortcut(None, None, concurrent_calls=0)  # type: ignore[arg-type]

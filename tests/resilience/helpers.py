@@ -245,16 +245,6 @@ def percentile_ms(latencies: list[float], fraction: float) -> float:
     return 1000 * ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))]
 
 
-def access_log_statuses(output: str) -> Counter[int]:
-    """HTTP statuses of every request nginx logged in the stack's output."""
-    statuses: Counter[int] = Counter()
-    for line in output.splitlines():
-        match = ACCESS_LOG_LINE.match(line)
-        if match:
-            statuses[int(match.group("status"))] += 1
-    return statuses
-
-
 def server_errors(output: str) -> list[str]:
     """The access-log lines with a 5xx status."""
     return [
