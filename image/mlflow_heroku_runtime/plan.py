@@ -29,7 +29,7 @@ class Plan:
     nginx_config: str
     port: int
     # One loopback port per MLflow worker, each served by that worker alone: nginx picks the
-    # worker (least_conn) and keeps its connections to each (docs/image.md, "Workers").
+    # worker and keeps its connections to each (docs/image.md, "Upstream").
     mlflow_ports: list[int]
     backend_store_uri: str  # includes the DB password: never log it
     database_description: str  # host:port/db, safe to log
