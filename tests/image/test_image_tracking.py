@@ -5,7 +5,6 @@ The client runs with no AWS credentials in its environment: artifacts are proxie
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import re
@@ -18,6 +17,7 @@ from typing import Any
 
 import pytest
 import requests
+from mlflow_heroku_runtime.nginx_config import expected_authorization
 
 from tests.support.services import (
     PostgresCluster,
@@ -238,11 +238,11 @@ class HeldUpload:
 
     def __init__(self, stack: Stack, marker: str, size: int = 1000) -> None:
         self.size = size
-        token = base64.b64encode(f"{stack.username}:{stack.password}".encode()).decode()
         self.sock = socket.create_connection(("127.0.0.1", stack.port), timeout=10)
         self.sock.sendall(
             f"PUT /api/2.0/mlflow-artifacts/artifacts/held/{marker}.bin HTTP/1.1\r\n"
-            f"Host: localhost\r\nAuthorization: Basic {token}\r\n"
+            f"Host: localhost\r\n"
+            f"Authorization: {expected_authorization(stack.username, stack.password)}\r\n"
             f"Content-Length: {size}\r\nConnection: close\r\n\r\n".encode()
             + b"x" * 10
         )
