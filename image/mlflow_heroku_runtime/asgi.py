@@ -18,7 +18,6 @@ import warnings
 warnings.filterwarnings("ignore", message="starlette.middleware.wsgi is deprecated")
 
 from mlflow.server import app as flask_app  # noqa: E402 (after the filter)
-from mlflow.server.fastapi_app import _EfficientWSGIMiddleware  # noqa: E402
 from mlflow.server.fastapi_app import app as mlflow_app  # noqa: E402
 
 from .error_filter import ScrubDatabaseErrors  # noqa: E402
@@ -26,6 +25,7 @@ from .migrate import wait_for_migration  # noqa: E402
 from .plan import FORKED_WORKERS_VARIABLE  # noqa: E402
 from .settings import DEFAULTS  # noqa: E402
 from .tracking_shortcut import TrackingApiShortcut  # noqa: E402
+from .wsgi_bridge import WsgiBridge  # noqa: E402
 
 
 def warm_up_and_freeze() -> None:
@@ -83,7 +83,7 @@ warm_up_and_freeze()
 app = ScrubDatabaseErrors(
     TrackingApiShortcut(
         mlflow_app,
-        _EfficientWSGIMiddleware(flask_app),
+        WsgiBridge(flask_app),
         # One tracking call at a time per pooled connection (settings.py sets the size).
         concurrent_calls=int(
             os.environ.get(

@@ -123,6 +123,29 @@ def test_artifacts_land_in_the_bucket(client: Any, s3: S3Server, tmp_path: Path,
     )
 
 
+def test_a_large_file_streams_out_of_the_flask_tracking_api(
+    client: Any, stack: Stack, tmp_path: Path
+) -> None:
+    """The UI downloads a logged model's files from a Flask route under the tracking API's
+    prefix, which streams the file: larger than the bridge's buffer, it goes out in pieces
+    (tests/image/test_wsgi_bridge.py) and must arrive whole."""
+    experiment_id = _experiment(client)
+    model = client.create_logged_model(experiment_id, name="streamed")
+    source = tmp_path / "weights.bin"
+    source.write_bytes(os.urandom(3 * 1024 * 1024 + 17))
+    client.log_model_artifact(model.model_id, str(source))
+
+    response = requests.get(
+        f"{stack.url}/ajax-api/2.0/mlflow/logged-models/{model.model_id}/artifacts/files",
+        params={"artifact_file_path": "weights.bin"},
+        auth=(stack.username, stack.password),
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text[:300]
+    assert len(response.content) == source.stat().st_size
+    assert response.content == source.read_bytes()
+
+
 def test_proxied_multipart_upload(
     client: Any, s3: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

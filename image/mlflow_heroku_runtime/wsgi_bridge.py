@@ -1,0 +1,144 @@
+"""Serve MLflow's Flask app over ASGI with one thread hand-off per call (``WsgiBridge``).
+
+MLflow mounts Flask through Starlette's WSGI bridge, which runs the app in a thread and has
+that thread wait for the event loop at every step of the response: the status line, each body
+chunk and the end, each a blocking round trip between the two threads (and two GIL hand-offs).
+A tracking call's answer is one small JSON document, so here the thread runs the whole call and
+hands back the finished response; only a response larger than ``buffer_bytes`` (an artifact
+file MLflow streams from the store) is sent on chunk by chunk, each chunk fetched in a thread.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from types import TracebackType
+from typing import Any
+
+import anyio
+
+from .error_filter import Receive, Scope, Send
+
+with warnings.catch_warnings():
+    # Deprecated in Starlette, not removed; MLflow builds its WSGI environ with it too, and
+    # using the same function keeps what Flask sees identical to MLflow's own mount.
+    warnings.filterwarnings("ignore", message="starlette.middleware.wsgi is deprecated")
+    from starlette.middleware.wsgi import build_environ
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Callable[[bytes], None]]], Iterable[bytes]]
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType]
+
+BUFFER_BYTES = 1 << 20  # a response up to this size is sent in one piece
+
+
+class WsgiCall:
+    """One WSGI call, run in a worker thread: ``start`` calls the app and reads its body until
+    the body ends or ``buffer_bytes`` are held; ``next_chunk`` reads on from there."""
+
+    def __init__(self, app: WsgiApp, environ: dict[str, Any], buffer_bytes: int) -> None:
+        self.app = app
+        self.environ = environ
+        self.buffer_bytes = buffer_bytes
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.pending: list[bytes] = []  # body read but not yet sent
+        self.finished = False
+        self._body: Iterator[bytes] | None = None
+        self._result: Iterable[bytes] | None = None
+        self._headers_sent = False
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
+    ) -> Callable[[bytes], None]:
+        if exc_info is not None and self._headers_sent:
+            raise exc_info[1].with_traceback(exc_info[2])  # PEP 3333: too late to change
+        self.status = int(status.split(" ", 1)[0])
+        self.headers = [
+            (name.strip().lower().encode("latin-1"), value.strip().encode("latin-1"))
+            for name, value in headers
+        ]
+        return self.pending.append  # the legacy write() callable
+
+    def start(self) -> None:
+        self._result = self.app(self.environ, self.start_response)
+        self._body = iter(self._result)
+        held = sum(len(chunk) for chunk in self.pending)
+        while held < self.buffer_bytes:
+            chunk = next(self._body, None)
+            if chunk is None:
+                self.close()
+                self.finished = True
+                break
+            self.pending.append(chunk)
+            held += len(chunk)
+        if not self.status:
+            raise RuntimeError("the WSGI app returned a body without calling start_response")
+        self._headers_sent = True
+
+    def next_chunk(self) -> bytes | None:
+        """The next piece of the body, or None at its end."""
+        if self.pending:
+            data = b"".join(self.pending)
+            self.pending.clear()
+            return data
+        assert self._body is not None
+        chunk = next(self._body, None)
+        if chunk is None:
+            self.close()
+            self.finished = True
+        return chunk
+
+    def take_pending(self) -> bytes:
+        data = b"".join(self.pending)
+        self.pending.clear()
+        return data
+
+    def close(self) -> None:
+        close = getattr(self._result, "close", None)
+        self._result = None
+        if close is not None:
+            close()
+
+
+class WsgiBridge:
+    """An ASGI app serving ``app`` (a WSGI app): the request body is read in the event loop,
+    the call runs in a worker thread, and the response goes out from the event loop."""
+
+    def __init__(self, app: WsgiApp, buffer_bytes: int = BUFFER_BYTES) -> None:
+        self.app = app
+        self.buffer_bytes = buffer_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1000})
+            return
+        chunks: list[bytes] = []
+        more_body = True
+        while more_body:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client left before sending its whole request
+            chunks.append(message.get("body", b""))
+            more_body = message.get("more_body", False)
+        call = WsgiCall(self.app, build_environ(scope, b"".join(chunks)), self.buffer_bytes)
+        del chunks
+        try:
+            await anyio.to_thread.run_sync(call.start)
+            await send(
+                {"type": "http.response.start", "status": call.status, "headers": call.headers}
+            )
+            if call.finished:
+                await send({"type": "http.response.body", "body": call.take_pending()})
+                return
+            await send(
+                {"type": "http.response.body", "body": call.take_pending(), "more_body": True}
+            )
+            while (chunk := await anyio.to_thread.run_sync(call.next_chunk)) is not None:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            if not call.finished:
+                # Cancelled or failed mid-body: release what the app holds (an open file).
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(call.close)

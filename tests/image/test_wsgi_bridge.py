@@ -1,0 +1,234 @@
+"""The WSGI bridge that serves MLflow's Flask app with one thread hand-off per call."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import anyio.to_thread
+import pytest
+from mlflow_heroku_runtime.error_filter import Message
+from mlflow_heroku_runtime.wsgi_bridge import WsgiBridge
+
+SCOPE = {
+    "type": "http",
+    "http_version": "1.1",
+    "method": "POST",
+    "scheme": "http",
+    "path": "/api/2.0/mlflow/runs/log-metric",
+    "root_path": "",
+    "query_string": b"a=1",
+    "headers": [(b"host", b"app.herokuapp.com"), (b"content-type", b"application/json")],
+    "client": ("127.0.0.1", 40000),
+    "server": ("127.0.0.1", 5001),
+}
+
+
+def serve(
+    bridge: WsgiBridge, body_parts: list[bytes] | None = None, *, fail_send_at: int | None = None
+) -> list[Message]:
+    """Run one request through the bridge; the ASGI messages it sent."""
+    parts = list(body_parts or [b""])
+    sent: list[Message] = []
+
+    async def receive() -> dict[str, Any]:
+        if not parts:
+            return {"type": "http.disconnect"}
+        body = parts.pop(0)
+        return {"type": "http.request", "body": body, "more_body": bool(parts)}
+
+    async def send(message: Message) -> None:
+        if fail_send_at is not None and len(sent) == fail_send_at:
+            raise OSError("client went away")
+        sent.append(message)
+
+    asyncio.run(bridge(dict(SCOPE), receive, send))
+    return sent
+
+
+def test_a_small_response_is_one_start_and_one_body_from_a_single_thread_hand_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: dict[str, Any] = {}
+    loop_thread = threading.get_ident()
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.update(environ, thread=threading.get_ident(), body=environ["wsgi.input"].read())
+        start_response("201 CREATED", [("Content-Type", "application/json"), ("X-Run", "r1")])
+        return [b'{"a": ', b"1}"]
+
+    hand_offs: list[str] = []
+    real_run_sync = anyio.to_thread.run_sync
+
+    async def counting_run_sync(function: Any, *args: Any, **kwargs: Any) -> Any:
+        hand_offs.append(function.__name__)
+        return await real_run_sync(function, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting_run_sync)
+    sent = serve(WsgiBridge(app), [b'{"run_id": ', b'"r1"}'])
+
+    assert sent == [
+        {
+            "type": "http.response.start",
+            "status": 201,
+            "headers": [(b"content-type", b"application/json"), (b"x-run", b"r1")],
+        },
+        {"type": "http.response.body", "body": b'{"a": 1}'},
+    ]
+    assert hand_offs == ["start"]
+    assert seen["thread"] != loop_thread  # the app never blocks the event loop
+    assert seen["body"] == b'{"run_id": "r1"}'  # the request body, whole
+    assert seen["PATH_INFO"] == "/api/2.0/mlflow/runs/log-metric"
+    assert seen["QUERY_STRING"] == "a=1"
+    assert seen["HTTP_HOST"] == "app.herokuapp.com"
+    assert seen["REQUEST_METHOD"] == "POST"
+
+
+class CountedBody:
+    """A streamed WSGI body that records how far it was read and whether it was closed."""
+
+    def __init__(self, chunks: int, size: int) -> None:
+        self.chunks, self.size = chunks, size
+        self.read = 0
+        self.closed = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for index in range(self.chunks):
+            self.read += 1
+            yield bytes([65 + index]) * self.size
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_a_large_response_streams_after_the_buffer_and_the_body_is_closed_once() -> None:
+    body = CountedBody(chunks=6, size=400 * 1024)
+    read_when_sent: list[int] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return body
+
+    bridge = WsgiBridge(app, buffer_bytes=1 << 20)
+    sent: list[Message] = []
+
+    async def run() -> None:
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: Message) -> None:
+            read_when_sent.append(body.read)
+            sent.append(message)
+
+        await bridge(dict(SCOPE), receive, send)
+
+    asyncio.run(run())
+    bodies = [message for message in sent if message["type"] == "http.response.body"]
+    assert b"".join(message["body"] for message in bodies) == b"".join(
+        bytes([65 + index]) * 400 * 1024 for index in range(6)
+    )
+    assert len(bodies[0]["body"]) == 3 * 400 * 1024  # held up to the buffer, then sent
+    assert read_when_sent[1] == 3  # ...before the rest of the body was read
+    assert all(message["more_body"] for message in bodies[:-1])
+    assert bodies[-1] == {"type": "http.response.body", "body": b""}
+    assert body.closed == 1
+
+
+def test_a_body_that_fits_the_buffer_is_closed_once() -> None:
+    body = CountedBody(chunks=2, size=10)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [])
+        return body
+
+    sent = serve(WsgiBridge(app))
+    assert sent[1] == {"type": "http.response.body", "body": b"A" * 10 + b"B" * 10}
+    assert body.closed == 1
+
+
+def test_a_client_that_leaves_mid_stream_gets_the_body_closed() -> None:
+    body = CountedBody(chunks=6, size=400 * 1024)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [])
+        return body
+
+    with pytest.raises(OSError, match="client went away"):
+        serve(WsgiBridge(app, buffer_bytes=1 << 20), fail_send_at=2)
+    assert body.closed == 1
+    assert body.read < 6  # the rest was never read
+
+
+def test_an_app_error_before_any_response_propagates_and_nothing_is_sent() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        raise LookupError("store failed")
+
+    sent: list[Message] = []
+    with pytest.raises(LookupError, match="store failed"):
+        sent = serve(WsgiBridge(app))
+    assert sent == []
+
+
+def test_a_body_without_start_response_is_an_error() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        return [b"no status"]
+
+    with pytest.raises(RuntimeError, match="without calling start_response"):
+        serve(WsgiBridge(app))
+
+
+def test_an_error_page_may_replace_the_headers_before_they_are_sent() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "application/json")])
+        try:
+            raise ValueError("late failure")
+        except ValueError:
+            start_response("500 INTERNAL SERVER ERROR", [("X-Error", "1")], sys.exc_info())
+        return [b"error"]
+
+    sent = serve(WsgiBridge(app))
+    assert sent[0]["status"] == 500
+    assert sent[0]["headers"] == [(b"x-error", b"1")]
+    assert sent[1]["body"] == b"error"
+
+
+def test_data_from_the_legacy_write_callable_comes_first() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        write = start_response("200 OK", [])
+        write(b"written ")
+        return [b"returned"]
+
+    assert serve(WsgiBridge(app))[1]["body"] == b"written returned"
+
+
+def test_a_client_that_leaves_before_its_request_ends_never_reaches_the_app() -> None:
+    called: list[bool] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        called.append(True)
+        return []
+
+    sent: list[Message] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    asyncio.run(WsgiBridge(app)(dict(SCOPE), receive, send))
+    assert called == []
+    assert sent == []
+
+
+def test_a_websocket_is_refused() -> None:
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    asyncio.run(WsgiBridge(lambda environ, start: [])({"type": "websocket"}, None, send))  # type: ignore[arg-type]
+    assert sent == [{"type": "websocket.close", "code": 1000}]
