@@ -789,8 +789,8 @@ def render(results: list[StackResult], machine: dict[str, Any], args: argparse.N
         f"{machine['mem_gib']} GiB RAM · Python {machine['python']} · MLflow {machine['mlflow']}"
         f" · {machine['nginx']} · PostgreSQL 15 · {args.duration:g} s per load cell.",
         "",
-        f"Our defaults: WEB_CONCURRENCY={DEFAULTS['WEB_CONCURRENCY']} MLflow workers (uvicorn, forked "
-        "by gunicorn from one import), "
+        f"Our defaults: WEB_CONCURRENCY={DEFAULTS['WEB_CONCURRENCY']} MLflow workers "
+        "(uvicorn, forked by gunicorn from one import), "
         f"DB pool {DEFAULTS['MLFLOW_SQLALCHEMYSTORE_POOL_SIZE']}"
         f"+{DEFAULTS['MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW']} per store (two per worker); "
         f"basic-auth hash bcrypt cost {BCRYPT_COST}: {machine['auth_check_ms']:.1f} ms per check "
