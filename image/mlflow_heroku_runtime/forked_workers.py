@@ -45,3 +45,18 @@ def pre_fork(server: Any, worker: MlflowWorker) -> None:
     so a replacement takes over the port of the worker it replaces."""
     taken = {sibling.slot for sibling in server.WORKERS.values()}
     worker.slot = min(set(range(len(server.LISTENERS))) - taken)
+
+
+def nworkers_changed(server: Any, new_value: int, old_value: int | None) -> None:
+    """gunicorn's hook after its worker count changes: keep it at one worker per port.
+    SIGTTIN would fork a worker with no port of its own, and SIGTTOU would leave a port that
+    the master still accepts on but no worker serves (nginx's requests to it would hang). The
+    count is set at start-up (no ports yet) and by a reload (to the configured count), and 0
+    means stopping: those pass."""
+    ports = len(server.LISTENERS)
+    if ports and new_value not in (ports, 0):
+        server.log.warning(
+            f"mlflow-heroku: keeping {ports} workers, one per port; set WEB_CONCURRENCY and "
+            "restart the dyno to change it (SIGTTIN/SIGTTOU are not supported)"
+        )
+        server.num_workers = ports

@@ -895,6 +895,35 @@ def test_each_forked_worker_takes_a_free_slot_and_serves_only_its_port(
     assert served == [["port-b"]]
 
 
+def test_the_forked_worker_count_stays_one_per_port() -> None:
+    """SIGTTIN / SIGTTOU change gunicorn's worker count through the arbiter's num_workers; the
+    hook puts it back to one per port (and says so), while start-up, where there are no ports
+    yet, and stopping (0) pass."""
+    from types import SimpleNamespace
+
+    from gunicorn.arbiter import Arbiter  # type: ignore[import-untyped]
+    from mlflow_heroku_runtime import forked_workers
+
+    warnings: list[str] = []
+    arbiter = object.__new__(Arbiter)
+    arbiter._num_workers = None
+    arbiter.LISTENERS = []
+    arbiter.cfg = SimpleNamespace(nworkers_changed=forked_workers.nworkers_changed)
+    arbiter.log = SimpleNamespace(warning=warnings.append)
+
+    arbiter.num_workers = 3  # start-up: the listeners do not exist yet
+    arbiter.LISTENERS = ["port-a", "port-b", "port-c"]
+    assert warnings == []
+    arbiter.num_workers += 1  # what SIGTTIN does
+    assert arbiter.num_workers == 3
+    arbiter.num_workers -= 1  # what SIGTTOU does
+    assert arbiter.num_workers == 3
+    assert len(warnings) == 2
+    assert "keeping 3 workers, one per port" in warnings[0]
+    arbiter.num_workers = 0  # stopping
+    assert arbiter.num_workers == 0
+
+
 def test_supervisor_binds_one_port_per_forked_worker_in_slot_order() -> None:
     """gunicorn gets every port of the plan as its own --bind, in slot order, and this
     module as --config (for pre_fork); one worker is uvicorn alone on the plan's one port."""

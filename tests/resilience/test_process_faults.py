@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -71,6 +72,23 @@ def test_killed_worker_is_replaced_and_killed_mlflow_stops_the_dyno(
         experiment = create_experiment(stack, f"after-worker-death-{time.time_ns()}")
         assert experiment
         assert stack.process.poll() is None, "a worker's death alone must not stop the dyno"
+
+        # gunicorn's SIGTTIN / SIGTTOU would add a worker without a port or leave a port
+        # without a worker; the count stays one per port, the same two processes.
+        serving = sorted(children_of(master))
+        for change, warnings in ((signal.SIGTTIN, 1), (signal.SIGTTOU, 2)):
+            os.kill(master, change)
+            output = stack.wait_for_output(
+                re.compile(f"(keeping 2 workers, one per port.*){{{warnings}}}", re.S), timeout=10
+            )
+            assert output.count("keeping 2 workers, one per port") == warnings, output[-2000:]
+        time.sleep(1.5)  # a worker gunicorn had forked or stopped would show by now
+        assert sorted(children_of(master)) == serving, [
+            command_line(pid) for pid in children_of(master)
+        ]
+        for port in mlflow_ports_of(stack):
+            health = requests.get(f"http://127.0.0.1:{port}/health", timeout=10)
+            assert health.status_code == 200, (port, health.status_code)
 
         tree = tree_of(stack)
         killed = time.monotonic()
