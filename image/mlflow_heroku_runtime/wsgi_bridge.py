@@ -10,6 +10,7 @@ file MLflow streams from the store) is sent on chunk by chunk, each chunk fetche
 
 from __future__ import annotations
 
+import contextvars
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
@@ -123,8 +124,12 @@ class WsgiBridge:
             more_body = message.get("more_body", False)
         call = WsgiCall(self.app, build_environ(scope, b"".join(chunks)), self.buffer_bytes)
         del chunks
+        # Every step of the call runs in this one context, as if in one thread: a streamed body
+        # may set a context variable in one step and reset it in another (Flask's
+        # stream_with_context does, for its request context).
+        context = contextvars.copy_context()
         try:
-            await anyio.to_thread.run_sync(call.start)
+            await anyio.to_thread.run_sync(context.run, call.start)
             await send(
                 {"type": "http.response.start", "status": call.status, "headers": call.headers}
             )
@@ -134,11 +139,13 @@ class WsgiBridge:
             await send(
                 {"type": "http.response.body", "body": call.take_pending(), "more_body": True}
             )
-            while (chunk := await anyio.to_thread.run_sync(call.next_chunk)) is not None:
+            while (
+                chunk := await anyio.to_thread.run_sync(context.run, call.next_chunk)
+            ) is not None:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
         finally:
             if not call.finished:
                 # Cancelled or failed mid-body: release what the app holds (an open file).
                 with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(call.close)
+                    await anyio.to_thread.run_sync(context.run, call.close)

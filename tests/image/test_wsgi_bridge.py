@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import sys
 import threading
 from collections.abc import Iterable, Iterator
@@ -78,7 +79,7 @@ def test_a_small_response_is_one_start_and_one_body_from_a_single_thread_hand_of
         },
         {"type": "http.response.body", "body": b'{"a": 1}'},
     ]
-    assert hand_offs == ["start"]
+    assert hand_offs == ["run"]  # context.run(call.start): one trip to a thread
     assert seen["thread"] != loop_thread  # the app never blocks the event loop
     assert seen["body"] == b'{"run_id": "r1"}'  # the request body, whole
     assert seen["PATH_INFO"] == "/api/2.0/mlflow/runs/log-metric"
@@ -147,6 +148,48 @@ def test_a_body_that_fits_the_buffer_is_closed_once() -> None:
     sent = serve(WsgiBridge(app))
     assert sent[1] == {"type": "http.response.body", "body": b"A" * 10 + b"B" * 10}
     assert body.closed == 1
+
+
+def test_a_streamed_body_sees_one_context_across_its_chunks() -> None:
+    """Flask's stream_with_context sets its request context when the body starts and resets it
+    when the body ends, in different steps of the bridge: they must share one context."""
+    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id")
+
+    def streamed() -> Iterator[bytes]:
+        token = request_id.set("r1")
+        try:
+            for _ in range(4):
+                yield request_id.get().encode() * (512 * 1024)
+        finally:
+            request_id.reset(token)  # ValueError if resumed in another context
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [])
+        return streamed()
+
+    sent = serve(WsgiBridge(app, buffer_bytes=1 << 20))
+    body = b"".join(message.get("body", b"") for message in sent[1:])
+    assert body == b"r1" * (4 * 512 * 1024)
+    assert len(sent) > 3  # it did stream past the buffer, in several steps
+
+
+def test_flasks_own_streamed_response_works_through_the_bridge() -> None:
+    from flask import Flask, request, stream_with_context
+
+    flask_app = Flask("bridge-test")
+
+    @flask_app.post("/api/2.0/mlflow/runs/log-metric")
+    def streamed() -> Any:
+        def chunks() -> Iterator[bytes]:
+            for _ in range(3):
+                yield request.path.encode() * 20_000  # needs the request context throughout
+
+        return flask_app.response_class(stream_with_context(chunks()))
+
+    sent = serve(WsgiBridge(flask_app.wsgi_app, buffer_bytes=1 << 20))
+    assert sent[0]["status"] == 200
+    body = b"".join(message.get("body", b"") for message in sent[1:])
+    assert body == b"/api/2.0/mlflow/runs/log-metric" * 60_000
 
 
 def test_a_client_that_leaves_mid_stream_gets_the_body_closed() -> None:
