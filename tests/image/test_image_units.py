@@ -123,7 +123,7 @@ def test_good_environment_loads() -> None:
     assert loaded.backend_store_uri.endswith("sslmode=require")
     assert loaded.database_description == "ec2-1-2-3-4.compute-1.amazonaws.com:5432/d1"
     assert loaded.artifacts_destination == "s3://team-mlflow/artifacts"
-    assert (loaded.workers, loaded.pool_size, loaded.max_overflow) == (2, 2, 2)
+    assert (loaded.workers, loaded.pool_size, loaded.max_overflow) == (2, 3, 1)
     assert loaded.mlflow_env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
     assert loaded.mlflow_env["MLFLOW_DISABLE_TELEMETRY"] == "true"
     assert loaded.mlflow_env["MLFLOW_SERVER_ALLOWED_HOSTS"] == "*"

@@ -171,8 +171,8 @@ def test_config_vars_come_from_the_real_host_name_and_the_other_resources(dev: P
         "MLFLOW_SERVER_ALLOWED_HOSTS": host,
         "MLFLOW_SERVER_CORS_ALLOWED_ORIGINS": f"https://{host}",
         "WEB_CONCURRENCY": "2",
-        "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "2",
-        "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "2",
+        "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "3",
+        "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "1",
         "MLFLOW_HEROKU_MAX_BODY_SIZE": "5g",
     }
     sensitive = config_vars.inputs["sensitiveVars"]

@@ -115,7 +115,7 @@ BAD_VALUES = [
     ("mlflowWorkers", "17", "17 is out of range; allowed: 1 to 16"),
     ("dbPoolSize", "0", "mlflow-heroku:dbPoolSize: 0 is out of range; allowed: 1 to 50"),
     ("dbMaxOverflow", "0", "mlflow-heroku:dbMaxOverflow: 0 is out of range; allowed: 1 to 50"),
-    ("dbPoolSize", "8", "= 43 connections, more than essential-0's limit of 20"),
+    ("dbPoolSize", "8", "= 39 connections, more than essential-0's limit of 20"),
     ("maxBodySize", "100m", "'100m' is too small; allowed: 1g or more"),
     ("maxBodySize", "9999999999g", "'9999999999g' is too large; allowed: up to 5120g"),
     ("maxBodySize", "5 GB", "'5 GB' is not an nginx size"),
