@@ -36,13 +36,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import requests
+from sqlalchemy.engine import make_url
 
 REPO = Path(__file__).resolve().parent.parent
 # The shared throwaway services (PostgreSQL cluster, moto S3) of the test suite.
@@ -796,6 +797,13 @@ def render(results: list[StackResult], machine: dict[str, Any], args: argparse.N
         f"basic-auth hash bcrypt cost {BCRYPT_COST}: {machine['auth_check_ms']:.1f} ms per check "
         "when nginx runs it (the recipe's apr1 MD5: ~0.3 ms, measured on the development machine).",
         "",
+        f"PostgreSQL round trip (`SELECT 1`, measured): {machine['db_round_trip_ms']:.2f} ms"
+        + (
+            f", through a proxy delaying {args.db_latency_ms:g} ms each way."
+            if getattr(args, "db_latency_ms", 0)
+            else ", on this machine (Heroku Postgres is ~1 ms away: see --db-latency-ms)."
+        ),
+        "",
         f"Load average before: `{machine['uptime_before']}`; after: `{machine['uptime_after']}`"
         " (other engineers run tests on this machine at the same time: figures are noisy).",
         "",
@@ -894,6 +902,40 @@ def auth_check_ms(checks: int = 50) -> float:
     return (time.perf_counter() - began) * 1000 / checks
 
 
+@contextlib.contextmanager
+def db_latency(target_port: int, delay_ms: float) -> Iterator[int]:
+    """scripts/db_latency_proxy.py in front of PostgreSQL, delaying delay_ms each way; yields the
+    port to connect to and stops the proxy on the way out."""
+    port = free_port()
+    proxy = subprocess.Popen(
+        [sys.executable, str(REPO / "scripts" / "db_latency_proxy.py"),
+         str(port), str(target_port), str(delay_ms)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proxy.stdout is not None
+        if proxy.stdout.readline().strip() != "ready":
+            sys.exit(f"benchmark: the database latency proxy did not start (exit {proxy.wait()})")
+        yield port
+    finally:
+        proxy.kill()
+        proxy.wait()
+
+
+def round_trip_ms(cluster: Any, port: int, samples: int = 200) -> float:
+    """Milliseconds per `SELECT 1` from here to PostgreSQL on port (the proxy's, if any)."""
+    with psycopg.connect(
+        host="127.0.0.1", port=port, user=cluster.user, password=cluster.password,
+        dbname="postgres", autocommit=True,
+    ) as conn:  # fmt: skip
+        for _ in range(20):
+            conn.execute("SELECT 1").fetchall()
+        started = time.perf_counter()
+        for _ in range(samples):
+            conn.execute("SELECT 1").fetchall()
+        return (time.perf_counter() - started) / samples * 1000
+
+
 def machine_facts(argv: list[str]) -> dict[str, Any]:
     import mlflow  # heavy: imported only for its version string
 
@@ -944,6 +986,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="seconds of the load test's MLflow-client mix per run of our stack "
         "(default 20; --quick: 0 = skip)",
     )  # fmt: skip
+    parser.add_argument(
+        "--db-latency-ms", type=float, default=0.0,
+        help="delay each way between the stacks and PostgreSQL (scripts/db_latency_proxy.py; "
+        "0.5 gives ~1.3 ms per round trip, about Heroku Postgres from a dyno; default 0)",
+    )  # fmt: skip
     parser.add_argument("--no-recipe", action="store_true", help="skip the 2021 recipe")
     parser.add_argument(
         "--no-ours", action="store_true", help="skip our stack with default settings"
@@ -982,6 +1029,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--duration must be between 0.5 and 600 seconds")
     if not 0 <= args.mix_seconds <= 600:
         parser.error("--mix-seconds must be between 0 and 600 seconds")
+    if not 0 <= args.db_latency_ms <= 50:
+        parser.error("--db-latency-ms must be between 0 and 50 milliseconds")
     return args
 
 
@@ -1033,15 +1082,26 @@ def main(argv: list[str]) -> int:
     pool = concurrent.futures.ProcessPoolExecutor(
         1, mp_context=multiprocessing.get_context("spawn")
     )
-    with pool, postgres_cluster() as cluster, s3_server("bench-artifacts") as s3:
+    with (
+        pool,
+        postgres_cluster() as cluster,
+        s3_server("bench-artifacts") as s3,
+        contextlib.ExitStack() as stack_exit,
+    ):
         with psycopg.connect(
             host="127.0.0.1", port=cluster.port, user=cluster.user, password=cluster.password,
             dbname="postgres", autocommit=True,
         ) as conn:  # fmt: skip
             for stack in stacks:
                 conn.execute(f'CREATE DATABASE "{stack.database}"')
+        database_port = cluster.port
+        if args.db_latency_ms:
+            database_port = stack_exit.enter_context(db_latency(cluster.port, args.db_latency_ms))
+        machine["db_round_trip_ms"] = round_trip_ms(cluster, database_port)
         services = {
-            "database_url": cluster.url,
+            "database_url": make_url(cluster.url)
+            .set(port=database_port)
+            .render_as_string(hide_password=False),
             "s3_endpoint": s3.endpoint_url,
             "bucket": s3.bucket,
             "s3_access_key": s3.access_key,

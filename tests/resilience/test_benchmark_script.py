@@ -10,6 +10,7 @@ import importlib.util
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +43,7 @@ def render_one_stack(benchmark: ModuleType, cells: list[object]) -> str:
     names = ("date", "command", "nproc", "mem_gib", "python", "mlflow", "nginx", "uptime_before")
     machine: dict[str, object] = {key: "x" for key in (*names, "uptime_after")}
     machine["auth_check_ms"] = 1.0
+    machine["db_round_trip_ms"] = 0.02
     table: str = benchmark.render([result], machine, argparse.Namespace(duration=1.0))
     return table
 
@@ -62,6 +64,8 @@ def test_help_names_the_modes() -> None:
         (["--workers", "0"], "--workers"),
         (["--duration", "0"], "--duration"),
         (["--rounds", "0"], "--rounds"),
+        (["--db-latency-ms", "60"], "--db-latency-ms"),
+        (["--db-latency-ms", "-1"], "--db-latency-ms"),
     ],
 )
 def test_bad_options_are_named(
@@ -81,6 +85,46 @@ def test_quick_shortens_everything(benchmark: ModuleType) -> None:
     full = benchmark.parse_args([])
     assert full.duration == 10.0
     assert full.client_counts == [1, 4, 16]
+
+
+def test_db_latency_proxy_delays_each_way_and_keeps_the_bytes(benchmark: ModuleType) -> None:
+    """The proxy behind --db-latency-ms: every round trip takes at least twice the delay, bytes
+    arrive whole and in order, and the proxy is gone once the block ends."""
+    import socketserver
+    import threading
+
+    class Echo(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            while data := self.request.recv(65536):
+                self.request.sendall(data)
+
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Echo) as echo:
+        echo.daemon_threads = True
+        threading.Thread(target=echo.serve_forever, daemon=True).start()
+        before = set(children(os.getpid()))
+        with benchmark.db_latency(echo.server_address[1], 5.0) as port:
+            proxies = set(children(os.getpid())) - before
+            assert len(proxies) == 1
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+                times = []
+                for index in range(5):
+                    message = f"message {index} ".encode() * 1000
+                    started = time.monotonic()
+                    connection.sendall(message)
+                    received = b""
+                    while len(received) < len(message):
+                        received += connection.recv(65536)
+                    times.append(time.monotonic() - started)
+                    assert received == message
+        echo.shutdown()
+    assert min(times) >= 0.010, times  # 5 ms each way
+    assert max(times) < 0.5, times
+    assert not any(Path(f"/proc/{pid}").exists() for pid in proxies), "proxy left running"
+
+
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()]
 
 
 def test_percentile_and_overhead(benchmark: ModuleType) -> None:
