@@ -122,6 +122,13 @@ def test_db_latency_proxy_delays_each_way_and_keeps_the_bytes(benchmark: ModuleT
     assert not any(Path(f"/proc/{pid}").exists() for pid in proxies), "proxy left running"
 
 
+def test_the_database_url_changes_its_port_and_nothing_else(benchmark: ModuleType) -> None:
+    url = "postgres://bench:a%20b%24%21%27%3A@127.0.0.1:5432/postgres"
+    assert benchmark.with_port(url, 61000) == (
+        "postgres://bench:a%20b%24%21%27%3A@127.0.0.1:61000/postgres"
+    )
+
+
 def children(pid: int) -> list[int]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return [int(child) for child in path.read_text().split()]
