@@ -799,8 +799,8 @@ def render(results: list[StackResult], machine: dict[str, Any], args: argparse.N
         "",
         f"PostgreSQL round trip (`SELECT 1`, measured): {machine['db_round_trip_ms']:.2f} ms"
         + (
-            f", through a proxy delaying {args.db_latency_ms:g} ms each way."
-            if getattr(args, "db_latency_ms", 0)
+            f", through a proxy delaying {machine['db_latency_ms']:g} ms each way."
+            if machine["db_latency_ms"]
             else ", on this machine (Heroku Postgres is ~1 ms away: see --db-latency-ms)."
         ),
         "",
@@ -930,12 +930,18 @@ def with_port(url: str, port: int) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{netloc}:{port}"))
 
 
-def round_trip_ms(cluster: Any, port: int, samples: int = 200) -> float:
-    """Milliseconds per `SELECT 1` from here to PostgreSQL on port (the proxy's, if any)."""
-    with psycopg.connect(
+def connect_postgres(cluster: Any, port: int) -> psycopg.Connection[Any]:
+    """An autocommit connection to the cluster's postgres database, on port (the cluster's
+    own or the latency proxy's)."""
+    return psycopg.connect(
         host="127.0.0.1", port=port, user=cluster.user, password=cluster.password,
         dbname="postgres", autocommit=True,
-    ) as conn:  # fmt: skip
+    )  # fmt: skip
+
+
+def round_trip_ms(cluster: Any, port: int, samples: int = 200) -> float:
+    """Milliseconds per `SELECT 1` from here to PostgreSQL on port (the proxy's, if any)."""
+    with connect_postgres(cluster, port) as conn:
         for _ in range(20):
             conn.execute("SELECT 1").fetchall()
         started = time.perf_counter()
@@ -1096,15 +1102,13 @@ def main(argv: list[str]) -> int:
         s3_server("bench-artifacts") as s3,
         contextlib.ExitStack() as stack_exit,
     ):
-        with psycopg.connect(
-            host="127.0.0.1", port=cluster.port, user=cluster.user, password=cluster.password,
-            dbname="postgres", autocommit=True,
-        ) as conn:  # fmt: skip
+        with connect_postgres(cluster, cluster.port) as conn:
             for stack in stacks:
                 conn.execute(f'CREATE DATABASE "{stack.database}"')
         database_port = cluster.port
         if args.db_latency_ms:
             database_port = stack_exit.enter_context(db_latency(cluster.port, args.db_latency_ms))
+        machine["db_latency_ms"] = args.db_latency_ms
         machine["db_round_trip_ms"] = round_trip_ms(cluster, database_port)
         services = {
             "database_url": with_port(cluster.url, database_port),

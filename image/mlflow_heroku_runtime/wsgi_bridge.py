@@ -78,10 +78,8 @@ class WsgiCall:
 
     def next_chunk(self) -> bytes | None:
         """The next piece of the body, or None at its end."""
-        if self.pending:
-            data = b"".join(self.pending)
-            self.pending.clear()
-            return data
+        if self.pending:  # written through write() since the last chunk
+            return self.take_pending()
         assert self._body is not None
         chunk = next(self._body, None)
         if chunk is None:
