@@ -36,7 +36,12 @@ class MlflowWorker(UvicornWorker):  # type: ignore[misc]
 
     def run(self) -> None:
         own: Any = self.sockets[self.slot]  # type: ignore[has-type]
-        self.sockets = [own]  # this worker's own port only
+        # This worker's own port only, as the plain socket inside gunicorn's wrapper: uvloop
+        # takes it over and closes it once at shutdown. Handed the wrapper, uvloop closed the
+        # descriptor and the wrapper then closed the same number again (gunicorn logged "Error
+        # while closing socket [Errno 9]"), which would close whatever another thread had
+        # opened under that number in between.
+        self.sockets = [own.sock]
         super().run()
 
 

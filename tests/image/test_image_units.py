@@ -864,7 +864,8 @@ def test_each_forked_worker_takes_a_free_slot_and_serves_only_its_port(
 ) -> None:
     """gunicorn's pre_fork hook hands out the lowest slot no live worker holds, so the
     replacement of a dead worker serves the dead one's port; a worker keeps only that port's
-    listener of the master's (one per slot, in --bind order)."""
+    listener of the master's (one per slot, in --bind order), unwrapped to the plain socket
+    that uvloop then owns and closes once."""
     from types import SimpleNamespace
 
     from mlflow_heroku_runtime import forked_workers
@@ -876,7 +877,8 @@ def test_each_forked_worker_takes_a_free_slot_and_serves_only_its_port(
             made.slot = slot
         return made
 
-    arbiter = SimpleNamespace(WORKERS={}, LISTENERS=["port-a", "port-b", "port-c"])
+    listeners = [SimpleNamespace(sock=f"socket-{port}") for port in ("a", "b", "c")]
+    arbiter = SimpleNamespace(WORKERS={}, LISTENERS=listeners)
     for pid in (101, 102, 103):
         new = worker()
         forked_workers.pre_fork(arbiter, new)
@@ -892,7 +894,7 @@ def test_each_forked_worker_takes_a_free_slot_and_serves_only_its_port(
     running = worker(slot=1)
     running.sockets = list(arbiter.LISTENERS)
     running.run()
-    assert served == [["port-b"]]
+    assert served == [["socket-b"]]
 
 
 def test_the_forked_worker_count_stays_one_per_port() -> None:
