@@ -10,6 +10,7 @@ file MLflow streams from the store) is sent on chunk by chunk, each chunk fetche
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -18,7 +19,7 @@ from typing import Any
 
 import anyio
 
-from .error_filter import Receive, Scope, Send
+from .error_filter import Message, Receive, Scope, Send
 
 with warnings.catch_warnings():
     # Deprecated in Starlette, not removed; MLflow builds its WSGI environ with it too, and
@@ -137,13 +138,32 @@ class WsgiBridge:
             await send(
                 {"type": "http.response.body", "body": call.take_pending(), "more_body": True}
             )
-            while (
-                chunk := await anyio.to_thread.run_sync(context.run, call.next_chunk)
-            ) is not None:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
+            # uvicorn drops what is sent after the client left, without an error, and says so
+            # through receive() instead: the stream stops there rather than reading the rest
+            # of the file for no one.
+            client_gone = asyncio.ensure_future(receive())
+            try:
+                while (
+                    not left(client_gone)
+                    and (chunk := await anyio.to_thread.run_sync(context.run, call.next_chunk))
+                    is not None
+                ):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if call.finished:
+                    await send({"type": "http.response.body", "body": b""})
+            finally:
+                client_gone.cancel()
         finally:
             if not call.finished:
                 # Cancelled or failed mid-body: release what the app holds (an open file).
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(context.run, call.close)
+
+
+def left(client_gone: asyncio.Future[Message]) -> bool:
+    """After the request body, the next ASGI message is ``http.disconnect``: the client left."""
+    return (
+        client_gone.done()
+        and not client_gone.cancelled()
+        and (client_gone.result()["type"] == "http.disconnect")
+    )

@@ -29,24 +29,42 @@ SCOPE = {
 
 
 def serve(
-    bridge: WsgiBridge, body_parts: list[bytes] | None = None, *, fail_send_at: int | None = None
+    bridge: WsgiBridge,
+    body_parts: list[bytes] | None = None,
+    *,
+    fail_send_at: int | None = None,
+    leave_after: int | None = None,
 ) -> list[Message]:
-    """Run one request through the bridge; the ASGI messages it sent."""
+    """Run one request through the bridge; the ASGI messages it sent. As uvicorn does,
+    receive() after the request body waits until the response is complete or the client has
+    left (after ``leave_after`` messages), then says http.disconnect, and later sends are
+    dropped without an error."""
     parts = list(body_parts or [b""])
     sent: list[Message] = []
 
-    async def receive() -> dict[str, Any]:
-        if not parts:
+    async def run() -> None:
+        over = asyncio.Event()
+
+        async def receive() -> dict[str, Any]:
+            if parts:
+                body = parts.pop(0)
+                return {"type": "http.request", "body": body, "more_body": bool(parts)}
+            await over.wait()
             return {"type": "http.disconnect"}
-        body = parts.pop(0)
-        return {"type": "http.request", "body": body, "more_body": bool(parts)}
 
-    async def send(message: Message) -> None:
-        if fail_send_at is not None and len(sent) == fail_send_at:
-            raise OSError("client went away")
-        sent.append(message)
+        async def send(message: Message) -> None:
+            if fail_send_at is not None and len(sent) == fail_send_at:
+                raise OSError("client went away")
+            if over.is_set():
+                return
+            sent.append(message)
+            last_body = message["type"] == "http.response.body" and not message.get("more_body")
+            if last_body or len(sent) == leave_after:
+                over.set()
 
-    asyncio.run(bridge(dict(SCOPE), receive, send))
+        await bridge(dict(SCOPE), receive, send)
+
+    asyncio.run(run())
     return sent
 
 
@@ -117,8 +135,14 @@ def test_a_large_response_streams_after_the_buffer_and_the_body_is_closed_once()
     sent: list[Message] = []
 
     async def run() -> None:
+        received: list[str] = []
+
         async def receive() -> dict[str, Any]:
-            return {"type": "http.request", "body": b"", "more_body": False}
+            if not received:
+                received.append("body")
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await asyncio.Event().wait()  # a client that stays, until the bridge stops asking
+            raise AssertionError("unreachable")
 
         async def send(message: Message) -> None:
             read_when_sent.append(body.read)
@@ -203,6 +227,67 @@ def test_a_client_that_leaves_mid_stream_gets_the_body_closed() -> None:
         serve(WsgiBridge(app, buffer_bytes=1 << 20), fail_send_at=2)
     assert body.closed == 1
     assert body.read < 6  # the rest was never read
+
+
+def test_a_client_that_leaves_mid_stream_stops_the_stream() -> None:
+    """uvicorn drops sends to a client that has left, without an error, and tells the app
+    through receive(): the bridge stops reading the body there and closes it."""
+    body = CountedBody(chunks=200, size=64 * 1024)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [])
+        return body
+
+    sent = serve(WsgiBridge(app, buffer_bytes=64 * 1024), leave_after=3)
+    assert len(sent) == 3  # the start and two pieces of the body reached the client
+    assert body.closed == 1
+    assert body.read < 10  # not the 200 chunks of the whole file
+
+
+def test_under_uvicorn_a_download_the_client_abandons_stops_being_read() -> None:
+    """The same through a real uvicorn (uvloop, httptools, as in the image) on loopback: a
+    client reads the start of a 64 MiB download and hangs up."""
+    import socket
+    import time
+
+    import uvicorn
+
+    from tests.support.services import LOOPBACK, free_port
+
+    body = CountedBody(chunks=1024, size=64 * 1024)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return body
+
+    port = free_port()
+    config = uvicorn.Config(
+        WsgiBridge(app, buffer_bytes=64 * 1024),
+        host=LOOPBACK,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with socket.create_connection((LOOPBACK, port), timeout=5) as client:
+            client.sendall(b"GET /file HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            assert client.recv(65536).startswith(b"HTTP/1.1 200")
+        deadline = time.monotonic() + 10
+        while not body.closed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert body.closed == 1
+        assert body.read < 100  # of 1,024 chunks
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 def test_an_app_error_before_any_response_propagates_and_nothing_is_sent() -> None:
