@@ -1,5 +1,6 @@
 """The ASGI app uvicorn serves: MLflow's FastAPI app behind ``ScrubDatabaseErrors``, with the
-tracking REST API sent straight to MLflow's Flask app (see ``TrackingApiShortcut``).
+tracking REST API and Flask's file routes sent straight to MLflow's Flask app (see
+``FlaskShortcut``).
 
 Importing this module waits for the supervisor's migration flag (``migrate.wait_for_migration``),
 opens MLflow's stores and freezes the garbage collector's view of everything imported (see
@@ -21,10 +22,10 @@ from mlflow.server import app as flask_app  # noqa: E402 (after the filter)
 from mlflow.server.fastapi_app import app as mlflow_app  # noqa: E402
 
 from .error_filter import ScrubDatabaseErrors  # noqa: E402
+from .flask_shortcut import FlaskShortcut  # noqa: E402
 from .migrate import wait_for_migration  # noqa: E402
 from .plan import FORKED_WORKERS_VARIABLE  # noqa: E402
 from .settings import DEFAULTS  # noqa: E402
-from .tracking_shortcut import TrackingApiShortcut  # noqa: E402
 from .wsgi_bridge import WsgiBridge  # noqa: E402
 
 
@@ -81,7 +82,7 @@ def dispose_database_pools(close: bool) -> None:
 wait_for_migration()
 warm_up_and_freeze()
 app = ScrubDatabaseErrors(
-    TrackingApiShortcut(
+    FlaskShortcut(
         mlflow_app,
         WsgiBridge(flask_app),
         # One tracking call at a time per pooled connection (settings.py sets the size).

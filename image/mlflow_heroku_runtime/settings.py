@@ -81,7 +81,7 @@ MLFLOW_PASSTHROUGH = (
 # clients uploading artifacts); each holds at most 2 stores x (pool + overflow) = 8 connections.
 DEFAULTS = {
     "WEB_CONCURRENCY": "2",
-    # Three tracking calls at once per worker (the pool size is the cap, tracking_shortcut.py):
+    # Three tracking calls at once per worker (the pool size is the cap, flask_shortcut.py):
     # with Heroku Postgres ~1 ms away a log-metric waits on ~8 round trips, and a third call
     # per worker served ~35% more at 16 clients than two (docs/benchmark.md, "Tracking calls
     # against a remote database"); the one overflow connection serves uncapped routes.

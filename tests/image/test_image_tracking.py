@@ -146,6 +146,54 @@ def test_a_large_file_streams_out_of_the_flask_tracking_api(
     assert response.content == source.read_bytes()
 
 
+def test_the_uis_files_stream_out_of_flasks_file_routes(
+    client: Any, stack: Stack, tmp_path: Path
+) -> None:
+    """The UI shows and downloads artifacts from /get-artifact and /model-versions/get-artifact,
+    and loads its JavaScript from /static-files/: Flask routes the shortcut sends through the
+    image's bridge (flask_shortcut.py). Larger than its buffer, each must arrive whole."""
+    import mlflow.server
+
+    auth = (stack.username, stack.password)
+    experiment_id = _experiment(client)
+    run_id = client.create_run(experiment_id).info.run_id
+    source = tmp_path / "weights.bin"
+    source.write_bytes(os.urandom(3 * 1024 * 1024 + 17))
+    client.log_artifact(run_id, str(source), artifact_path="model")
+
+    by_run = requests.get(
+        f"{stack.url}/get-artifact",
+        params={"path": "model/weights.bin", "run_id": run_id},
+        auth=auth,
+        timeout=60,
+    )
+    assert by_run.status_code == 200, by_run.text[:300]
+    assert by_run.content == source.read_bytes()
+
+    name = f"streamed-{uuid.uuid4().hex[:8]}"
+    client.create_registered_model(name)
+    artifact_uri = client.get_run(run_id).info.artifact_uri
+    version = client.create_model_version(name, f"{artifact_uri}/model", run_id=run_id)
+    by_version = requests.get(
+        f"{stack.url}/model-versions/get-artifact",
+        params={"path": "weights.bin", "name": name, "version": version.version},
+        auth=auth,
+        timeout=60,
+    )
+    assert by_version.status_code == 200, by_version.text[:300]
+    assert by_version.content == source.read_bytes()
+
+    index = requests.get(f"{stack.url}/", auth=auth, timeout=30)
+    script = re.search(r"static-files/(static/js/main\.[0-9a-f]+\.js)", index.text)
+    assert script is not None, index.text[:500]
+    on_disk = Path(mlflow.server.__file__).parent / "js" / "build" / script.group(1)
+    served = requests.get(f"{stack.url}/static-files/{script.group(1)}", auth=auth, timeout=30)
+    assert served.status_code == 200
+    assert "javascript" in served.headers["Content-Type"]
+    assert len(served.content) > 1024 * 1024  # past the bridge's buffer
+    assert served.content == on_disk.read_bytes()
+
+
 def test_proxied_multipart_upload(
     client: Any, s3: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -117,7 +117,7 @@ class CountedBody:
     def __iter__(self) -> Iterator[bytes]:
         for index in range(self.chunks):
             self.read += 1
-            yield bytes([65 + index]) * self.size
+            yield bytes([65 + index % 26]) * self.size
 
     def close(self) -> None:
         self.closed += 1
@@ -159,6 +159,35 @@ def test_a_large_response_streams_after_the_buffer_and_the_body_is_closed_once()
     assert read_when_sent[1] == 3  # ...before the rest of the body was read
     assert all(message["more_body"] for message in bodies[:-1])
     assert bodies[-1] == {"type": "http.response.body", "body": b""}
+    assert body.closed == 1
+
+
+def test_a_file_in_small_reads_goes_out_in_few_large_pieces(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Flask streams a file in werkzeug's 8 KiB reads: the bridge gathers them into pieces of
+    about STREAM_CHUNK_BYTES, one thread hand-off each, not one per read."""
+    from mlflow_heroku_runtime.wsgi_bridge import STREAM_CHUNK_BYTES
+
+    body = CountedBody(chunks=512, size=8 * 1024)  # 4 MiB
+    hand_offs: list[str] = []
+    real_run_sync = anyio.to_thread.run_sync
+
+    async def counting_run_sync(function: Any, *args: Any, **kwargs: Any) -> Any:
+        hand_offs.append(function.__name__)
+        return await real_run_sync(function, *args, **kwargs)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [])
+        return body
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting_run_sync)
+    sent = serve(WsgiBridge(app, buffer_bytes=1 << 20))
+    pieces = [message["body"] for message in sent[1:] if message["body"]]
+    assert b"".join(pieces) == b"".join(bytes([65 + index % 26]) * 8192 for index in range(512))
+    assert len(pieces[0]) == 1 << 20  # the buffer
+    assert {len(piece) for piece in pieces[1:]} == {STREAM_CHUNK_BYTES}
+    assert len(hand_offs) == 1 + 12 + 1  # start, 3 MiB in 256 KiB pieces, the end
     assert body.closed == 1
 
 

@@ -1,4 +1,4 @@
-"""The shortcut that hands MLflow's tracking REST API straight to its Flask app."""
+"""The shortcut that hands MLflow's tracking REST API and file routes straight to its Flask app."""
 
 from __future__ import annotations
 
@@ -9,7 +9,12 @@ import warnings
 from typing import Any
 
 import pytest
-from mlflow_heroku_runtime.tracking_shortcut import FLASK_ONLY_PREFIXES, TrackingApiShortcut
+from mlflow_heroku_runtime.flask_shortcut import (
+    FILE_PATHS,
+    FILE_PREFIXES,
+    TRACKING_API_PREFIXES,
+    FlaskShortcut,
+)
 
 
 def fastapi_route_paths(routes: list[Any]) -> list[str]:
@@ -41,7 +46,11 @@ def test_no_fastapi_route_of_the_installed_mlflow_lives_under_the_shortcut() -> 
     assert "/api/2.0/mlflow-artifacts/artifacts/{artifact_path:path}" in paths
     assert "/v1/traces" in paths
     assert len(paths) > 20, paths
-    shadowed = [path for path in paths if path.startswith(FLASK_ONLY_PREFIXES)]
+    shadowed = [
+        path
+        for path in paths
+        if path.startswith(TRACKING_API_PREFIXES + FILE_PREFIXES) or path in FILE_PATHS
+    ]
     assert shadowed == [], f"upgrade check: FastAPI now serves {shadowed}; narrow the shortcut"
 
 
@@ -78,11 +87,16 @@ def test_flask_app_carries_mlflows_own_host_and_origin_checks() -> None:
         ("/v1/traces", "fastapi"),
         ("/ajax-api/3.0/jobs/search", "fastapi"),
         ("/api/3.0/mlflow/server-info", "fastapi"),
+        ("/get-artifact", "flask"),
+        ("/model-versions/get-artifact", "flask"),
+        ("/static-files/static/js/main.c2f5f8d4.js", "flask"),
+        ("/get-artifacts", "fastapi"),  # a file path is matched whole
+        ("/static-files", "fastapi"),
         ("/health", "fastapi"),
         ("/", "fastapi"),
     ],
 )
-def test_only_tracking_api_paths_take_the_shortcut(path: str, expected: str) -> None:
+def test_only_tracking_api_and_file_paths_take_the_shortcut(path: str, expected: str) -> None:
     reached: list[str] = []
 
     def recorder(name: str) -> Any:
@@ -91,7 +105,7 @@ def test_only_tracking_api_paths_take_the_shortcut(path: str, expected: str) -> 
 
         return app
 
-    shortcut = TrackingApiShortcut(recorder("fastapi"), recorder("flask"), concurrent_calls=2)
+    shortcut = FlaskShortcut(recorder("fastapi"), recorder("flask"), concurrent_calls=2)
     asyncio.run(shortcut({"type": "http", "path": path}, None, None))  # type: ignore[arg-type]
     asyncio.run(shortcut({"type": "websocket", "path": path}, None, None))  # type: ignore[arg-type]
     assert reached == [expected, "fastapi"]  # websockets always go to FastAPI
@@ -99,7 +113,8 @@ def test_only_tracking_api_paths_take_the_shortcut(path: str, expected: str) -> 
 
 def test_at_most_concurrent_calls_tracking_calls_run_at_once() -> None:
     """Tracking calls beyond the cap wait in the event loop until one finishes; every call
-    runs in the end, and other paths (FastAPI's, /health among them) are never held back."""
+    runs in the end, and other paths (FastAPI's, /health among them, and Flask's file
+    routes) are never held back."""
     running, peak, finished = [0], [0], [0]
     release = asyncio.Event()
     served_by_fastapi: list[str] = []
@@ -115,7 +130,7 @@ def test_at_most_concurrent_calls_tracking_calls_run_at_once() -> None:
         served_by_fastapi.append(scope["path"])
 
     async def main() -> None:
-        shortcut = TrackingApiShortcut(fastapi, flask, concurrent_calls=2)
+        shortcut = FlaskShortcut(fastapi, flask, concurrent_calls=2)
         calls = [
             asyncio.create_task(
                 shortcut({"type": "http", "path": "/api/2.0/mlflow/runs/log-metric"}, None, None)  # type: ignore[arg-type]
@@ -126,14 +141,20 @@ def test_at_most_concurrent_calls_tracking_calls_run_at_once() -> None:
         assert running[0] == 2  # three wait their turn
         await shortcut({"type": "http", "path": "/health"}, None, None)  # type: ignore[arg-type]
         assert served_by_fastapi == ["/health"]
+        # A download is not held up by the tracking calls, nor counted among them.
+        download = asyncio.create_task(
+            shortcut({"type": "http", "path": "/get-artifact"}, None, None)  # type: ignore[arg-type]
+        )
+        await asyncio.sleep(0.05)
+        assert running[0] == 3
         release.set()
-        await asyncio.wait_for(asyncio.gather(*calls), 5)
+        await asyncio.wait_for(asyncio.gather(*calls, download), 5)
 
     asyncio.run(main())
-    assert peak[0] == 2
-    assert finished[0] == 5
+    assert peak[0] == 3  # two tracking calls and the download
+    assert finished[0] == 6
 
 
 def test_the_cap_must_allow_one_call() -> None:
     with pytest.raises(ValueError, match="at least 1"):
-        TrackingApiShortcut(None, None, concurrent_calls=0)  # type: ignore[arg-type]
+        FlaskShortcut(None, None, concurrent_calls=0)  # type: ignore[arg-type]

@@ -1,0 +1,61 @@
+"""Send the routes only MLflow's Flask app serves straight to it (see ``FlaskShortcut``).
+
+Light on purpose (no MLflow import), so the tests can check it without starting MLflow.
+"""
+
+from __future__ import annotations
+
+import anyio
+
+from .error_filter import ASGIApp, Receive, Scope, Send
+
+# Served only by MLflow's Flask app: no FastAPI route of the pinned MLflow lives under these
+# (tests/image/test_image_flask_shortcut.py checks that against the installed version).
+# The tracking REST API; the trailing slash keeps /api/2.0/mlflow-artifacts/ (FastAPI's
+# streaming artifact routes) out.
+TRACKING_API_PREFIXES = ("/api/2.0/mlflow/", "/ajax-api/2.0/mlflow/")
+# Files: the artifacts the UI shows and downloads, and the UI's own JavaScript and CSS.
+FILE_PATHS = ("/get-artifact", "/model-versions/get-artifact")
+FILE_PREFIXES = ("/static-files/",)
+
+
+class FlaskShortcut:
+    """Hands the tracking REST API (runs, metrics, experiments, registry) and Flask's file
+    routes to MLflow's Flask app through ``flask_bridge``, skipping the FastAPI layers in
+    front of MLflow's own mount of Flask at "/": routing over ~80 native routes and seven
+    middlewares, two of them BaseHTTPMiddleware. Those layers cost ~1.3 ms of the worker's
+    ~5.6 ms of CPU per log-metric call; one worker is one core, so the shortcut is +27%
+    throughput at 16 clients (docs/benchmark.md). The asgi module passes ``WsgiBridge``,
+    which also sends a file 256 KiB per thread hand-off where MLflow's mount takes a round
+    trip between two threads per 8 KiB (docs/image.md). Nothing is lost: Flask runs MLflow's
+    own Host, CORS and cross-origin checks (mlflow.server.security, active under uvicorn),
+    and the FastAPI middlewares skipped only act on FastAPI routes (workspaces, gateway
+    timing).
+
+    At most ``concurrent_calls`` tracking calls run at once in a worker (each in a thread of
+    the bridge); the others wait their turn in the event loop. More threads than that only
+    fight over the GIL: at 16 clients on 2 workers, ~8 threads each, capping them at 2 took
+    ~360-430 against ~300-330 req/s (docs/benchmark.md). The asgi module passes the tracking
+    store's pool size, so a call never holds a thread while it waits for a connection. File
+    routes are not capped: they wait on S3 or the disk, and a download must not hold up the
+    tracking calls behind it."""
+
+    def __init__(self, fastapi_app: ASGIApp, flask_bridge: ASGIApp, concurrent_calls: int) -> None:
+        if concurrent_calls < 1:
+            raise ValueError(f"concurrent_calls must be at least 1, not {concurrent_calls}")
+        self.fastapi_app = fastapi_app
+        self.flask_bridge = flask_bridge
+        self.concurrent_calls = concurrent_calls
+        self._limiter: anyio.CapacityLimiter | None = None  # made in the worker's own loop
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"] if scope["type"] == "http" else ""
+        if path.startswith(TRACKING_API_PREFIXES):
+            if self._limiter is None:
+                self._limiter = anyio.CapacityLimiter(self.concurrent_calls)
+            async with self._limiter:
+                await self.flask_bridge(scope, receive, send)
+        elif path in FILE_PATHS or path.startswith(FILE_PREFIXES):
+            await self.flask_bridge(scope, receive, send)
+        else:
+            await self.fastapi_app(scope, receive, send)
