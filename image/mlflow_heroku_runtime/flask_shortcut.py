@@ -26,8 +26,9 @@ class FlaskShortcut:
     middlewares, two of them BaseHTTPMiddleware. Those layers cost ~1.3 ms of the worker's
     ~5.6 ms of CPU per log-metric call; one worker is one core, so the shortcut is +27%
     throughput at 16 clients (docs/benchmark.md). The asgi module passes ``WsgiBridge``,
-    which also sends a file 256 KiB per thread hand-off where MLflow's mount takes a round
-    trip between two threads per 8 KiB (docs/image.md). Nothing is lost: Flask runs MLflow's
+    which also sends a file in pieces of 256 KiB or more per thread hand-off where MLflow's
+    mount takes a round trip between two threads per read of the file: 8 KiB for the UI's
+    files and artifacts on local disk (docs/image.md). Nothing is lost: Flask runs MLflow's
     own Host, CORS and cross-origin checks (mlflow.server.security, active under uvicorn),
     and the FastAPI middlewares skipped only act on FastAPI routes (workspaces, gateway
     timing).

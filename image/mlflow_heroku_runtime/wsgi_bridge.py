@@ -73,8 +73,9 @@ class WsgiCall:
 
     def next_chunk(self) -> bytes | None:
         """The next piece of the body, ``STREAM_CHUNK_BYTES`` or more unless the body ends
-        first, or None at its end. Flask streams a file in werkzeug's 8 KiB reads: one thread
-        hand-off per 8 KiB held a 200 MiB download to ~110 MiB/s, one per 256 KiB ~1 GiB/s."""
+        first, or None at its end. Flask's send_file reads 8 KiB at a time (the UI's files,
+        artifacts on local disk; MLflow reads a temporary copy from S3 1 MiB at a time): one
+        thread hand-off per 8 KiB held a 200 MiB download to ~110 MiB/s, per 256 KiB ~1 GiB/s."""
         self._read(STREAM_CHUNK_BYTES)
         return self.take_pending() if self.pending else None
 
