@@ -147,7 +147,21 @@ def test_s3_hanging_fails_artifacts_in_time_and_tracking_goes_on(
             if reply.status_code == 504:
                 timeout_bodies.append(reply.text)
 
+        downloads: list[requests.Response] = []
+
+        def download() -> None:
+            # The UI's download route copies the artifact from S3 before it sends a byte.
+            downloads.append(
+                requests.get(
+                    f"{stack.url}/get-artifact",
+                    params={"path": "hung.txt", "run_id": info["run_id"]},
+                    auth=stack.auth,
+                    timeout=HANGING_READ_TIMEOUT + 30,
+                )
+            )
+
         uploaders = [threading.Thread(target=upload, daemon=True) for _ in range(HANGING_UPLOADS)]
+        uploaders.append(threading.Thread(target=download, daemon=True))
         for uploader in uploaders:
             uploader.start()
         # The uploads are now stuck inside MLflow waiting on S3 (measured: all 45 requests are
@@ -185,3 +199,8 @@ def test_s3_hanging_fails_artifacts_in_time_and_tracking_goes_on(
         assert timeout_bodies, "no upload was cut by nginx's read timeout"
         for body in timeout_bodies:
             assert "MLFLOW_HEROKU_PROXY_READ_TIMEOUT" in body, body
+            assert "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD=true" in body, body
+        # ...and what to do depends on the route: a download gets the download's advice.
+        assert [reply.status_code for reply in downloads] == [504]
+        assert "mlflow artifacts download" in downloads[0].json()["message"], downloads[0].text
+        assert "MULTIPART" not in downloads[0].text
