@@ -29,10 +29,15 @@ HANGING_READ_TIMEOUT = 5  # MLFLOW_HEROKU_PROXY_READ_TIMEOUT for the hanging-S3 
 HANGING_UPLOADS = 45  # more than the 40 threads MLflow runs its Flask app on (anyio default)
 
 
-def put_artifact(stack: Stack, artifact_uri: str, name: str, body: bytes) -> requests.Response:
+def artifact_url(stack: Stack, artifact_uri: str, name: str) -> str:
+    """The proxied-artifact route (what the MLflow clients use) for ``name`` in a run."""
     path = artifact_uri.removeprefix("mlflow-artifacts:/")
+    return f"{stack.url}/api/2.0/mlflow-artifacts/artifacts/{path}/{name}"
+
+
+def put_artifact(stack: Stack, artifact_uri: str, name: str, body: bytes) -> requests.Response:
     return requests.put(
-        f"{stack.url}/api/2.0/mlflow-artifacts/artifacts/{path}/{name}",
+        artifact_url(stack, artifact_uri, name),
         data=body,
         auth=stack.auth,
         timeout=ROUTER_TIMEOUT_SECONDS + 30,
@@ -149,19 +154,18 @@ def test_s3_hanging_fails_artifacts_in_time_and_tracking_goes_on(
 
         downloads: list[requests.Response] = []
 
-        def download() -> None:
-            # The UI's download route copies the artifact from S3 before it sends a byte.
+        def download(url: str, params: dict[str, str]) -> None:
+            # Both download routes copy the artifact from S3 before they send a byte.
             downloads.append(
-                requests.get(
-                    f"{stack.url}/get-artifact",
-                    params={"path": "hung.txt", "run_id": info["run_id"]},
-                    auth=stack.auth,
-                    timeout=HANGING_READ_TIMEOUT + 30,
-                )
+                requests.get(url, params=params, auth=stack.auth, timeout=HANGING_READ_TIMEOUT + 30)
             )
 
         uploaders = [threading.Thread(target=upload, daemon=True) for _ in range(HANGING_UPLOADS)]
-        uploaders.append(threading.Thread(target=download, daemon=True))
+        for url, params in (
+            (f"{stack.url}/get-artifact", {"path": "hung.txt", "run_id": info["run_id"]}),
+            (artifact_url(stack, info["artifact_uri"], "hung.txt"), {}),
+        ):
+            uploaders.append(threading.Thread(target=download, args=(url, params), daemon=True))
         for uploader in uploaders:
             uploader.start()
         # The uploads are now stuck inside MLflow waiting on S3 (measured: all 45 requests are
@@ -201,6 +205,7 @@ def test_s3_hanging_fails_artifacts_in_time_and_tracking_goes_on(
             assert "MLFLOW_HEROKU_PROXY_READ_TIMEOUT" in body, body
             assert "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD=true" in body, body
         # ...and what to do depends on the route: a download gets the download's advice.
-        assert [reply.status_code for reply in downloads] == [504]
-        assert "mlflow artifacts download" in downloads[0].json()["message"], downloads[0].text
-        assert "MULTIPART" not in downloads[0].text
+        assert [reply.status_code for reply in downloads] == [504, 504]
+        for reply in downloads:
+            assert "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD=true" in reply.json()["message"]
+            assert "UPLOAD" not in reply.text
