@@ -194,19 +194,30 @@ def test_the_uis_files_stream_out_of_flasks_file_routes(
     assert served.content == on_disk.read_bytes()
 
 
+def _switch_on_multipart(monkeypatch: pytest.MonkeyPatch, direction: str) -> None:
+    """The client's multipart switch for ``direction`` ("UPLOAD" or "DOWNLOAD"), with parts of
+    5 MiB from 5 MiB on (S3's smallest part), so a 12 MiB file goes in three."""
+    monkeypatch.setenv(f"MLFLOW_ENABLE_PROXY_MULTIPART_{direction}", "true")
+    monkeypatch.setenv(f"MLFLOW_MULTIPART_{direction}_MINIMUM_FILE_SIZE", str(5 * 1024**2))
+    monkeypatch.setenv(f"MLFLOW_MULTIPART_{direction}_CHUNK_SIZE", str(5 * 1024**2))
+
+
+def _log_random_artifact(client: Any, tmp_path: Path, name: str) -> tuple[str, bytes]:
+    """A new run with a 12 MiB artifact ``name`` of random bytes: its run ID and the bytes."""
+    run_id: str = client.create_run(_experiment(client)).info.run_id
+    source = tmp_path / name
+    payload = os.urandom(12 * 1024**2 + 123)  # three parts, the last one short
+    source.write_bytes(payload)
+    client.log_artifact(run_id, str(source))
+    return run_id, payload
+
+
 def test_proxied_multipart_upload(
     client: Any, s3: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD: the server hands out presigned part URLs."""
-    monkeypatch.setenv("MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD", "true")
-    monkeypatch.setenv("MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE", str(5 * 1024**2))
-    monkeypatch.setenv("MLFLOW_MULTIPART_UPLOAD_CHUNK_SIZE", str(5 * 1024**2))
-    experiment_id = _experiment(client)
-    run_id = client.create_run(experiment_id).info.run_id
-    source = tmp_path / "multipart.bin"
-    payload = os.urandom(12 * 1024**2 + 123)  # three parts, the last one short
-    source.write_bytes(payload)
-    client.log_artifact(run_id, str(source))
+    _switch_on_multipart(monkeypatch, "UPLOAD")
+    run_id, payload = _log_random_artifact(client, tmp_path, "multipart.bin")
 
     key = next(
         key for key in s3.keys("artifacts/") if key.endswith(f"/{run_id}/artifacts/multipart.bin")
@@ -222,15 +233,8 @@ def test_proxied_multipart_download(
     """MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD (what docs/operations.md advises against H12): the
     server hands out a presigned URL and the client fetches the parts from S3 itself, so the
     file never passes through the dyno (which would copy all of it from S3 first)."""
-    monkeypatch.setenv("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "true")
-    monkeypatch.setenv("MLFLOW_MULTIPART_DOWNLOAD_MINIMUM_FILE_SIZE", str(5 * 1024**2))
-    monkeypatch.setenv("MLFLOW_MULTIPART_DOWNLOAD_CHUNK_SIZE", str(5 * 1024**2))
-    experiment_id = _experiment(client)
-    run_id = client.create_run(experiment_id).info.run_id
-    source = tmp_path / "big-download.bin"
-    payload = os.urandom(12 * 1024**2 + 321)
-    source.write_bytes(payload)
-    client.log_artifact(run_id, str(source))
+    _switch_on_multipart(monkeypatch, "DOWNLOAD")
+    run_id, payload = _log_random_artifact(client, tmp_path, "big-download.bin")
 
     fetched = Path(client.download_artifacts(run_id, "big-download.bin", str(tmp_path / "out")))
     assert fetched.read_bytes() == payload
