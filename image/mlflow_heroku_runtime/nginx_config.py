@@ -23,7 +23,7 @@ class NginxParams:
     username: str
     password: str
     max_body_size: str = "5g"
-    proxy_read_timeout: int = 30
+    proxy_read_timeout: int = 28  # settings.DEFAULTS["MLFLOW_HEROKU_PROXY_READ_TIMEOUT"]
     auth_failures_per_minute: int = 10
     listen_address: str = "0.0.0.0"  # noqa: S104 (a dyno must listen on all interfaces)
     worker_processes: int = 1

@@ -89,7 +89,9 @@ DEFAULTS = {
     "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "1",
     "MLFLOW_HEROKU_DB_WAIT_SECONDS": "40",
     "MLFLOW_HEROKU_MAX_BODY_SIZE": "5g",
-    "MLFLOW_HEROKU_PROXY_READ_TIMEOUT": "30",
+    # Under Heroku's router limit (the first byte within 30 s of the request's delivery, H12),
+    # so that nginx's 504, which says what to do for the route, is what the client gets.
+    "MLFLOW_HEROKU_PROXY_READ_TIMEOUT": "28",
     "MLFLOW_HEROKU_AUTH_FAILURES_PER_MINUTE": "10",
 }
 

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mlflow_heroku_runtime import database_url, htpasswd, nginx_config
 from mlflow_heroku_runtime.errors import ConfigError
-from mlflow_heroku_runtime.settings import load_settings
+from mlflow_heroku_runtime.settings import DEFAULTS, load_settings
 
 GOOD_ENV = {
     "DYNO": "web.1",
@@ -412,7 +412,7 @@ def _params(
         username="alice",
         password=password,
         max_body_size="5g",
-        proxy_read_timeout=30,
+        proxy_read_timeout=28,
         auth_failures_per_minute=10,
         listen_address="127.0.0.1",
     )
@@ -445,7 +445,17 @@ def test_rendered_config_has_what_heroku_needs(tmp_path: Path) -> None:
         "send_timeout 30s;",
     ):
         assert directive in text
-    assert "proxy_read_timeout 30s;" in text  # answer before Heroku's router gives up (30 s)
+    assert "proxy_read_timeout 28s;" in text
+
+
+def test_nginx_answers_a_slow_request_before_herokus_router_does() -> None:
+    """Heroku's router gives up on a request without a first byte 30 s after delivering it
+    (H12, with its own error page); nginx's read timeout starts a little later, when it has
+    passed the request on, so the default must be shorter for nginx's 504 to be what the
+    client gets. The value must also reach nginx's config."""
+    default = int(DEFAULTS["MLFLOW_HEROKU_PROXY_READ_TIMEOUT"])
+    assert 20 <= default <= 28
+    assert load_settings(GOOD_ENV).proxy_read_timeout == default
 
 
 def assert_nginx_accepts(config: Path, prefix: Path) -> None:
