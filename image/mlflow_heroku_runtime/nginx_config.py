@@ -22,9 +22,10 @@ class NginxParams:
     mlflow_ports: list[int]  # one per MLflow worker (plan.Plan.mlflow_ports)
     username: str
     password: str
-    max_body_size: str = "5g"
-    proxy_read_timeout: int = 28  # settings.DEFAULTS["MLFLOW_HEROKU_PROXY_READ_TIMEOUT"]
-    auth_failures_per_minute: int = 10
+    # From settings (their defaults live in settings.DEFAULTS only).
+    max_body_size: str
+    proxy_read_timeout: int
+    auth_failures_per_minute: int
     listen_address: str = "0.0.0.0"  # noqa: S104 (a dyno must listen on all interfaces)
     worker_processes: int = 1
     error_log_level: str = "warn"

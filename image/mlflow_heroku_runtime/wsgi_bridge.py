@@ -81,9 +81,9 @@ class WsgiCall:
 
     def _read(self, limit: int) -> None:
         """Move the body into ``pending`` until ``limit`` bytes are held or the body ends."""
+        assert self._body is not None  # start() set it
         held = sum(len(chunk) for chunk in self.pending)
         while held < limit and not self.finished:
-            assert self._body is not None
             chunk = next(self._body, None)
             if chunk is None:
                 self.close()
