@@ -19,6 +19,7 @@ import pytest
 import yaml  # type: ignore[import-untyped]  # no stubs in the lock
 
 from tests.infra.heroku_double import API_ACCEPT, running_fake_heroku
+from tests.support.services import TEST_ARTIFACTS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GITHUB_DIR = REPO_ROOT / ".github"
@@ -322,6 +323,18 @@ def test_the_image_is_built_for_heroku_run_smoke_checked_and_scanned() -> None:
     assert scan["with"]["ignore-unfixed"] is True
     assert scan["with"]["exit-code"] == "1"
     assert scan["with"]["image-ref"] == "${{ env.IMAGE }}"
+
+
+def test_the_suite_keeps_its_artifacts_even_when_a_test_fails() -> None:
+    """The browser test's screenshot and the load test's report go to TEST_ARTIFACTS; CI
+    uploads that folder after the suite, whether the suite passed or not."""
+    job = workflow("tests.yml")["jobs"]["suite"]
+    names = [str(step.get("name", "")) for step in job["steps"]]
+    upload = step_named(job, "Keep the test artifacts")
+    assert names.index("Keep the test artifacts") > names.index("Run the suite")
+    assert upload["uses"].startswith("actions/upload-artifact@")
+    assert upload["if"] == "${{ !cancelled() }}"
+    assert (REPO_ROOT / upload["with"]["path"]).resolve() == TEST_ARTIFACTS
 
 
 # --------------------------------------------------------------------------- destroy

@@ -15,10 +15,9 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support.services import Stack
+from tests.support.services import TEST_ARTIFACTS, Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
 @pytest.fixture
@@ -76,8 +75,8 @@ def test_ui_shows_an_experiment_created_by_the_test(stack: Stack, browser: Any) 
         "Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {token}"}}
     )
     browser.get(f"{stack.url}/#/experiments")
-    ARTIFACTS.mkdir(exist_ok=True)
-    screenshot = ARTIFACTS / "mlflow-ui-experiments.png"
+    TEST_ARTIFACTS.mkdir(exist_ok=True)
+    screenshot = TEST_ARTIFACTS / "mlflow-ui-experiments.png"
     try:
         WebDriverWait(browser, 60).until(
             expected_conditions.presence_of_element_located(

@@ -20,7 +20,7 @@ import requests
 from mlflow.tracking import MlflowClient
 
 from tests.resilience.helpers import PeakConnections, PeakPss, percentile_ms, server_errors
-from tests.support.services import REPO_ROOT, PostgresCluster, S3Server, Stack
+from tests.support.services import TEST_ARTIFACTS, PostgresCluster, S3Server, Stack
 
 CLIENTS = 16
 LOAD_SECONDS = float(os.environ.get("MLFLOW_HEROKU_LOAD_SECONDS", "15"))
@@ -28,7 +28,7 @@ PARAM_EVERY = 10  # every 10th operation of a client also logs a param
 ARTIFACT_EVERY = 25  # and every 25th a small text artifact
 PSS_LIMIT_MB = 512  # the dyno's memory
 DB_CONNECTION_BUDGET = 10  # half of Heroku Postgres essential-0's 20 connections
-REPORT = REPO_ROOT / "test-artifacts" / "resilience-load.json"
+REPORT = TEST_ARTIFACTS / "resilience-load.json"
 
 pytestmark = pytest.mark.integration
 

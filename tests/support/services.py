@@ -50,6 +50,8 @@ import requests
 import requests.auth
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# What the tests keep for people to look at (gitignored; CI uploads it: tests.yml).
+TEST_ARTIFACTS = REPO_ROOT / "test-artifacts"
 ENTRYPOINT = REPO_ROOT / "image" / "entrypoint.py"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 NGINX_PRELOAD_SOURCE = REPO_ROOT / "image" / "nginx_graceful_term.c"
