@@ -34,13 +34,14 @@ def serve(
     *,
     fail_send_at: int | None = None,
     leave_after: int | None = None,
+    sent: list[Message] | None = None,
 ) -> list[Message]:
-    """Run one request through the bridge; the ASGI messages it sent. As uvicorn does,
-    receive() after the request body waits until the response is complete or the client has
-    left (after ``leave_after`` messages), then says http.disconnect, and later sends are
-    dropped without an error."""
+    """Run one request through the bridge; the ASGI messages it sent (also into ``sent``, which
+    keeps them when the bridge raises). As uvicorn does, receive() after the request body waits
+    until the response is complete or the client has left (after ``leave_after`` messages),
+    then says http.disconnect, and later sends are dropped without an error."""
     parts = list(body_parts or [b""])
-    sent: list[Message] = []
+    sent = [] if sent is None else sent
 
     async def run() -> None:
         over = asyncio.Event()
@@ -68,8 +69,22 @@ def serve(
     return sent
 
 
+@pytest.fixture
+def hand_offs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The functions the bridge sends to a worker thread, one entry per hand-off."""
+    names: list[str] = []
+    real_run_sync = anyio.to_thread.run_sync
+
+    async def counting_run_sync(function: Any, *args: Any, **kwargs: Any) -> Any:
+        names.append(function.__name__)
+        return await real_run_sync(function, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting_run_sync)
+    return names
+
+
 def test_a_small_response_is_one_start_and_one_body_from_a_single_thread_hand_off(
-    monkeypatch: pytest.MonkeyPatch,
+    hand_offs: list[str],
 ) -> None:
     seen: dict[str, Any] = {}
     loop_thread = threading.get_ident()
@@ -79,14 +94,6 @@ def test_a_small_response_is_one_start_and_one_body_from_a_single_thread_hand_of
         start_response("201 CREATED", [("Content-Type", "application/json"), ("X-Run", "r1")])
         return [b'{"a": ', b"1}"]
 
-    hand_offs: list[str] = []
-    real_run_sync = anyio.to_thread.run_sync
-
-    async def counting_run_sync(function: Any, *args: Any, **kwargs: Any) -> Any:
-        hand_offs.append(function.__name__)
-        return await real_run_sync(function, *args, **kwargs)
-
-    monkeypatch.setattr(anyio.to_thread, "run_sync", counting_run_sync)
     sent = serve(WsgiBridge(app), [b'{"run_id": ', b'"r1"}'])
 
     assert sent == [
@@ -162,26 +169,17 @@ def test_a_large_response_streams_after_the_buffer_and_the_body_is_closed_once()
     assert body.closed == 1
 
 
-def test_a_file_in_small_reads_goes_out_in_few_large_pieces(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_file_in_small_reads_goes_out_in_few_large_pieces(hand_offs: list[str]) -> None:
     """Flask streams a file in werkzeug's 8 KiB reads: the bridge gathers them into pieces of
     about STREAM_CHUNK_BYTES, one thread hand-off each, not one per read."""
     from mlflow_heroku_runtime.wsgi_bridge import STREAM_CHUNK_BYTES
 
     body = CountedBody(chunks=512, size=8 * 1024)  # 4 MiB
-    hand_offs: list[str] = []
-    real_run_sync = anyio.to_thread.run_sync
-
-    async def counting_run_sync(function: Any, *args: Any, **kwargs: Any) -> Any:
-        hand_offs.append(function.__name__)
-        return await real_run_sync(function, *args, **kwargs)
 
     def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         start_response("200 OK", [])
         return body
 
-    monkeypatch.setattr(anyio.to_thread, "run_sync", counting_run_sync)
     sent = serve(WsgiBridge(app, buffer_bytes=1 << 20))
     pieces = [message["body"] for message in sent[1:] if message["body"]]
     assert b"".join(pieces) == b"".join(bytes([65 + index % 26]) * 8192 for index in range(512))
@@ -325,7 +323,7 @@ def test_an_app_error_before_any_response_propagates_and_nothing_is_sent() -> No
 
     sent: list[Message] = []
     with pytest.raises(LookupError, match="store failed"):
-        sent = serve(WsgiBridge(app))
+        serve(WsgiBridge(app), sent=sent)
     assert sent == []
 
 
