@@ -1,0 +1,252 @@
+"""The rendered nginx config, checked as text and by a real nginx."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow_heroku_runtime import htpasswd, nginx_config
+from mlflow_heroku_runtime.settings import DEFAULTS, load_settings
+
+from tests.image.runtime_values import GOOD_ENV, TRICKY_PASSWORDS
+
+
+def _params(
+    tmp_path: Path,
+    port: int = 5000,
+    password: str = "s3cret-pw",  # noqa: S107 (test login)
+) -> nginx_config.NginxParams:
+    return nginx_config.NginxParams(
+        runtime_dir=tmp_path,
+        htpasswd_path=tmp_path / "htpasswd",
+        port=port,
+        mlflow_ports=[port + 1],
+        username="alice",
+        password=password,
+        max_body_size="5g",
+        proxy_read_timeout=28,
+        auth_failures_per_minute=10,
+        listen_address="127.0.0.1",
+    )
+
+
+def test_rendered_config_has_what_heroku_needs(tmp_path: Path) -> None:
+    text = nginx_config.render(_params(tmp_path))
+    assert "listen 127.0.0.1:5000 default_server;" in text
+    assert "server 127.0.0.1:5001;" in text
+    assert "daemon off;" in text
+    assert "error_log stderr" in text
+    assert "access_log /dev/stdout" in text
+    assert "client_max_body_size 5g;" in text
+    assert "proxy_request_buffering off;" in text
+    assert "s3cret-pw" not in text  # only the base64 Authorization value, for the rate limit
+    for directive in (
+        "client_body_temp_path",
+        "proxy_temp_path",
+        "fastcgi_temp_path",
+        "uwsgi_temp_path",
+        "scgi_temp_path",
+        "pid",
+    ):
+        line = next(line for line in text.splitlines() if line.strip().startswith(directive + " "))
+        assert str(tmp_path) in line, line
+    # Slow clients: every client phase has a deadline.
+    for directive in (
+        "client_header_timeout 10s;",
+        "client_body_timeout 30s;",
+        "send_timeout 30s;",
+    ):
+        assert directive in text
+    assert "proxy_read_timeout 28s;" in text
+
+
+def test_nginx_answers_a_slow_request_before_herokus_router_does() -> None:
+    """Heroku's router gives up on a request without a first byte 30 s after delivering it
+    (H12, with its own error page); nginx's read timeout starts a little later, when it has
+    passed the request on, so the default must be shorter for nginx's 504 to be what the
+    client gets. The value must also reach nginx's config."""
+    default = int(DEFAULTS["MLFLOW_HEROKU_PROXY_READ_TIMEOUT"])
+    assert 20 <= default <= 28
+    assert load_settings(GOOD_ENV).proxy_read_timeout == default
+
+
+def assert_nginx_accepts(config: Path, prefix: Path) -> None:
+    """`nginx -t` on a rendered config (paths in it resolve under prefix)."""
+    result = subprocess.run(
+        ["nginx", "-t", "-e", "stderr", "-p", str(prefix), "-c", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PATH": os.environ["PATH"] + ":/usr/sbin"},
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def _upstream_block(text: str) -> list[str]:
+    start = text.index("upstream mlflow {")
+    return [
+        line.strip()
+        for line in text[start : text.index("}", start)].splitlines()[1:]
+        if line.strip() and not line.strip().startswith("#")
+    ]
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_upstream_has_one_server_per_worker_and_keeps_connections(
+    tmp_path: Path, workers: int
+) -> None:
+    """One worker: its port, plainly. Forked workers: each port once with max_conns=1 (an idle
+    worker first), the first weighted up (it takes the work while idle), then each as a backup
+    for when all are busy (least_conn: the fewest requests). Never marked down. Connections
+    are kept, and nginx drops them before uvicorn would; the config passes nginx -t."""
+    from mlflow_heroku_runtime import prepare
+    from mlflow_heroku_runtime.plan import UPSTREAM_IDLE_SECONDS
+
+    loaded = load_settings({**GOOD_ENV, "WEB_CONCURRENCY": str(workers)})
+    ports = prepare.free_loopback_ports(workers, avoid=loaded.port)
+    config = prepare.write_nginx_files(loaded, tmp_path, ports)
+    lines = _upstream_block(config.read_text())
+    keep = ["keepalive 16;", f"keepalive_timeout {UPSTREAM_IDLE_SECONDS}s;"]
+    if workers == 1:
+        assert lines == [f"server 127.0.0.1:{ports[0]};", *keep]
+    else:
+        assert lines == [
+            "least_conn;",
+            *(
+                f"server 127.0.0.1:{port} max_conns=1 max_fails=0 weight={100 if i == 0 else 1};"
+                for i, port in enumerate(ports)
+            ),
+            *(f"server 127.0.0.1:{port} max_fails=0 backup;" for port in ports),
+            *keep,
+        ]
+    assert_nginx_accepts(config, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("max_body_size", "username"),
+    [
+        ("1g", "alice"),  # the allowed range's ends
+        ("5g", "alice"),
+        ("5120g", "alice"),
+        # A long login makes a long expected header: no map hash bucket limit applies to it.
+        ("5g", "u" * 300),
+    ],
+)
+def test_rendered_config_passes_nginx_t(tmp_path: Path, max_body_size: str, username: str) -> None:
+    htpasswd.write_htpasswd(tmp_path / "htpasswd", username, "s3cret-pw")
+    config = tmp_path / "nginx.conf"
+    params = nginx_config.NginxParams(
+        **{**_params(tmp_path).__dict__, "max_body_size": max_body_size, "username": username}
+    )
+    config.write_text(nginx_config.render(params))
+    assert_nginx_accepts(config, tmp_path)
+
+
+@contextlib.contextmanager
+def _nginx_with_login(password: str, htpasswd_password: str | None = None) -> Iterator[str]:
+    """Real nginx on the rendered config for alice:password (its exact-header fast path),
+    with an htpasswd file for alice:htpasswd_password (bcrypt's path; default the same);
+    yields its base URL. No MLflow behind it: a request past the login gets 503."""
+    import pwd
+    import shutil
+    import tempfile
+
+    from tests.support.services import free_port, wait_for_port
+
+    # Under /tmp, not pytest's private tmp_path: nginx's workers (nobody, as root) must be
+    # able to reach the htpasswd file, as in the entrypoint's own runtime dir.
+    runtime = Path(tempfile.mkdtemp(prefix="htpasswd-nginx-"))
+    try:
+        port = free_port()
+        params = _params(runtime, port=port, password=password)
+        htpasswd.write_htpasswd(params.htpasswd_path, "alice", htpasswd_password or password)
+        if os.geteuid() == 0:  # as root, nginx workers run as nobody and must read the file
+            nobody = pwd.getpwnam("nobody")
+            os.chown(params.htpasswd_path, nobody.pw_uid, nobody.pw_gid)
+            runtime.chmod(0o711)
+            params = nginx_config.NginxParams(
+                **{**params.__dict__, "worker_user": "nobody nogroup"}
+            )
+        config = runtime / "nginx.conf"
+        config.write_text(nginx_config.render(params))
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        process = subprocess.Popen(
+            [nginx, "-e", "stderr", "-p", str(runtime), "-c", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            assert wait_for_port(port, 5)
+            yield f"http://127.0.0.1:{port}/"
+        finally:
+            process.terminate()
+            process.wait(10)
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
+def _status(url: str, authorization: str) -> int:
+    import requests
+
+    return requests.get(url, headers={"Authorization": authorization}, timeout=5).status_code
+
+
+def _token(password: str) -> str:
+    import base64
+
+    return base64.b64encode(f"alice:{password}".encode()).decode()
+
+
+def test_real_nginx_accepts_the_htpasswd_hashes() -> None:
+    """nginx itself (crypt() of the system) verifies what Python wrote, for each password."""
+    tokens = [_token(p) for p in TRICKY_PASSWORDS]
+    assert any("+" in t for t in tokens)
+    assert any("/" in t for t in tokens)
+    for password in TRICKY_PASSWORDS:
+        token = _token(password)
+        wrong = _token(f"{password[:-1]}{'y' if password[-1] != 'y' else 'z'}")
+        with _nginx_with_login(password) as url:
+            # The exact header (fast path), and a lower-case scheme, which misses the fast
+            # path so that bcrypt decides. Past the login, MLflow is absent: 503.
+            assert _status(url, f"Basic {token}") == 503, password
+            assert _status(url, f"basic {token}") == 503, password
+            # The token with its letters' case swapped decodes to other bytes: a wrong login.
+            assert _status(url, f"Basic {token.swapcase()}") == 401, password
+            assert _status(url, f"Basic {wrong}") == 401, password
+
+
+@pytest.mark.parametrize("password", [p for p in TRICKY_PASSWORDS if "+" in _token(p)])
+def test_the_fast_path_matches_the_exact_header_only(password: str) -> None:
+    """With an htpasswd file that accepts no login, only the fast path can let a request
+    through: the exact header does; one letter's case or a dropped "+" (a regex operator,
+    escaped in the pattern) does not."""
+    token = _token(password)
+    assert re.fullmatch(
+        nginx_config.expected_authorization_pattern("alice", password), f"Basic {token}"
+    )
+    with _nginx_with_login(password, htpasswd_password="another-password-entirely") as url:
+        assert _status(url, f"Basic {token}") == 503
+        assert _status(url, f"basic {token}") == 401  # bcrypt's path: that file refuses it
+        assert _status(url, f"Basic {token.replace('+', '')}") == 401
+        assert _status(url, f"Basic {token.swapcase()}") == 401
+
+
+def test_forwarded_for_is_trusted_only_behind_herokus_router(tmp_path: Path) -> None:
+    import dataclasses
+
+    on_dyno = nginx_config.render(_params(tmp_path))
+    assert "(?<last_entry>" in on_dyno
+    elsewhere = nginx_config.render(
+        dataclasses.replace(_params(tmp_path), trust_forwarded_for=False)
+    )
+    assert "(?<last_entry>" not in elsewhere
+    assert "map $remote_addr $client_address" in elsewhere
+    assert load_settings(GOOD_ENV).behind_heroku_router
+    assert not load_settings(
+        {k: v for k, v in GOOD_ENV.items() if k != "DYNO"}
+    ).behind_heroku_router
