@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import string
 from collections.abc import Callable, Mapping
 
+import pulumi
 import pytest
 import yaml  # type: ignore[import-untyped]  # no stubs in the lock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from infra import settings as stack_settings
+from infra.heroku_app import GENERATED_PASSWORD_LENGTH
 from infra.settings import DEFAULTS, Settings, SettingsError, load
 
 from .conftest import ROOT, base_config
@@ -89,9 +92,19 @@ def test_values_are_parsed() -> None:
     assert loaded.db_connections_needed == 3 * 2 * 2 * (2 + 2) + stack_settings.DB_CONNECTION_MARGIN
 
 
-def test_api_key_may_come_from_the_environment() -> None:
-    loaded = load_config({"heroku:apiKey": None}, environ={"HEROKU_API_KEY": "from-env-key"})
-    assert loaded.heroku_api_key is not None
+def resolved(output: pulumi.Output[str]) -> tuple[str, bool]:
+    """An output's value and whether it is secret (the autouse fixture gives the loop)."""
+    loop = asyncio.get_event_loop()
+    value, secret = loop.run_until_complete(asyncio.gather(output.future(), output.is_secret()))
+    return value, secret
+
+
+def test_api_key_may_come_from_the_environment_and_stays_secret() -> None:
+    environ = {"HEROKU_API_KEY": "from-env-key"}
+    loaded = load_config({"heroku:apiKey": None}, environ=environ)
+    assert resolved(loaded.heroku_api_key) == ("from-env-key", True)
+    # The stack's own key wins over the environment's.
+    assert resolved(load_config(environ=environ).heroku_api_key) == (API_KEY, True)
 
 
 BAD_VALUES = [
@@ -245,6 +258,42 @@ def test_pulumi_yaml_declares_exactly_the_settings_and_their_defaults() -> None:
     assert set(stack_settings.SECRET_KEYS) <= set(stack_settings.OPTIONAL_KEYS)
 
 
+def test_pulumi_yaml_states_the_programs_limits() -> None:
+    """The ranges and rules Pulumi.yaml's descriptions give are the ones the program enforces."""
+    text = (ROOT / "Pulumi.yaml").read_text()
+    declared = yaml.safe_load(text)["config"]
+    assert set(stack_settings.INTEGER_RANGES) == {
+        key for key, value in DEFAULTS.items() if type(value) is int
+    }
+    for key, (low, high) in stack_settings.INTEGER_RANGES.items():
+        assert re.search(rf"\b{low}-{high}\b", declared[key]["description"]), key
+    gib = 1024**3
+    body = f"{stack_settings.MIN_BODY_SIZE // gib}g to {stack_settings.MAX_BODY_SIZE // gib}g"
+    assert body in declared["maxBodySize"]["description"]
+    formula = (
+        f"dynoCount x mlflowWorkers x {stack_settings.DB_POOLS_PER_WORKER} x "
+        f"(dbPoolSize + dbMaxOverflow) + {stack_settings.DB_CONNECTION_MARGIN}"
+    )
+    assert formula in declared["dbPoolSize"]["description"]
+    password = f"{stack_settings.MIN_PASSWORD_LENGTH}-{stack_settings.MAX_PASSWORD_BYTES} bytes"
+    assert (
+        f"#   loginPassword  secret (`pulumi config set --secret loginPassword`), {password}"
+        in text
+    )
+    assert f"Unset: a {GENERATED_PASSWORD_LENGTH}-character password is generated" in text
+    dyno_sizes = declared["dynoSize"]["description"]
+    assert ", ".join(stack_settings.DYNO_MEMORY_MB) in dyno_sizes
+    assert f"{' and '.join(stack_settings.SINGLE_DYNO_SIZES)} allow 1 dyno only" in dyno_sizes
+    assert " or ".join(stack_settings.HEROKU_REGIONS) in declared["region"]["description"]
+
+
+def test_pulumi_yaml_descriptions_carry_no_measurements() -> None:
+    """Figures go stale in a config file: descriptions point at docs/benchmark.md instead."""
+    for key, declaration in yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"].items():
+        description = declaration["description"]
+        assert not re.search(r"~|\d\s*(%|MB|GB|ms\b|req/s)|\brun [A-Z]\b", description), key
+
+
 # -- fuzzing: generated bad values fail with SettingsError naming the key, nothing else ----------
 
 printable = st.text(alphabet=st.characters(codec="utf-8"), max_size=40)
@@ -343,9 +392,8 @@ def outcome(config: Mapping[str, str], secret_keys: set[str] = SECRET) -> Settin
 
 
 def test_forked_workers_memory_model_fits_three_on_512_mb() -> None:
-    """Workers forked from one import share its memory (docs/benchmark.md, run K: 423 MB for
-    three at the artifact peak), so a basic dyno takes three if the connections fit; four
-    would not fit its 512 MB."""
+    """Workers forked from one import share its memory (docs/benchmark.md, run K), so a basic
+    dyno takes three if the connections fit; four would not fit its 512 MB."""
     three = {"mlflowWorkers": "3", "dbPoolSize": "1", "dbMaxOverflow": "1"}
     assert load_config(three).mlflow_workers == 3
     assert "allowed: 1 to 3 (or a larger dynoSize)" in problem({**three, "mlflowWorkers": "4"})
