@@ -368,7 +368,11 @@ def check_password(value: str) -> str | None:
     """Checks a secret without ever repeating it."""
     if len(value) < MIN_PASSWORD_LENGTH:
         return f"is too short: use at least {MIN_PASSWORD_LENGTH} characters"
-    if len(value.encode()) > MAX_PASSWORD_BYTES:
+    try:
+        encoded = value.encode()
+    except UnicodeEncodeError:  # lone surrogates: bytes that were not UTF-8
+        return "is not valid UTF-8 text: set it again from a UTF-8 terminal or file"
+    if len(encoded) > MAX_PASSWORD_BYTES:
         return f"is too long: use at most {MAX_PASSWORD_BYTES} bytes (bcrypt's limit)"
     if not value.isprintable() or any(c.isspace() for c in value):
         return "contains spaces or control characters: use printable characters only"

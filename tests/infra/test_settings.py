@@ -92,7 +92,7 @@ def test_values_are_parsed() -> None:
     assert loaded.db_connections_needed == 3 * 2 * 2 * (2 + 2) + stack_settings.DB_CONNECTION_MARGIN
 
 
-def resolved(output: pulumi.Output[str]) -> tuple[str, bool]:
+def resolved(output: pulumi.Output[str]) -> tuple[str | None, bool]:
     """An output's value and whether it is secret (the autouse fixture gives the loop)."""
     loop = asyncio.get_event_loop()
     value, secret = loop.run_until_complete(asyncio.gather(output.future(), output.is_secret()))
@@ -199,6 +199,10 @@ def test_secret_values_are_refused_in_plain_text_and_never_echoed() -> None:
     assert API_KEY not in text
     text = problem({"loginPassword": "p" * 73})
     assert "at most 72 bytes" in text
+    # Bytes that were not UTF-8 reach Python as lone surrogates: a message, not a traceback.
+    text = problem({"loginPassword": "QZXJ-long-enough-p\udce4ss"})
+    assert "mlflow-heroku:loginPassword: (value not shown) is not valid UTF-8 text" in text
+    assert "QZXJ" not in text
 
 
 def test_connection_limit_counts_every_worker_of_every_dyno() -> None:
