@@ -1,7 +1,9 @@
 """The stack's settings: read once from `pulumi.Config`, typed and validated.
 
-Every default lives in `DEFAULTS` (Pulumi.yaml's `config:` block documents the same values; a
-test keeps the two equal, because the SDK never reads Pulumi.yaml). A bad value fails before any
+Every default lives in `DEFAULTS` and every whole-number range in `INTEGER_RANGES` (Pulumi.yaml's
+`config:` block documents the same values; tests keep the two equal, because the SDK never reads
+Pulumi.yaml). Limits the image enforces too are one constant here each (MAX_BODY_SIZE, ...);
+tests/infra/test_heroku_app.py checks that the image agrees. A bad value fails before any
 resource is declared, with one message that names each bad key, its value and what is allowed.
 Secret values are never repeated in a message.
 """

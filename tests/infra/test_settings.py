@@ -308,21 +308,24 @@ def _not(check: Callable[[str], str | None]) -> Callable[[str], bool]:
     return lambda value: check(value) is not None
 
 
+def out_of_range(key: str) -> st.SearchStrategy[str]:
+    low, high = stack_settings.INTEGER_RANGES[key]
+    return st.one_of(st.integers(max_value=low - 1), st.integers(min_value=high + 1)).map(str)
+
+
 BAD_STRATEGIES = {
     "appName": printable.filter(_not(stack_settings.check_app_name)),
     "region": printable.filter(lambda value: value not in stack_settings.HEROKU_REGIONS),
     "postgresPlan": printable.filter(_not(stack_settings.check_postgres_plan)),
     "dynoSize": printable.filter(_not(stack_settings.check_dyno_size)),
     "dynoCount": st.one_of(
-        st.integers(max_value=0).map(str),
-        st.integers(min_value=101).map(str),
+        out_of_range("dynoCount"),
         printable.filter(lambda value: not re.fullmatch(r"\s*\+?0*1\s*", value)),
     ),
-    "mlflowWorkers": st.integers(min_value=17, max_value=10**30).map(str),
-    "releaseTimeoutSeconds": st.one_of(st.integers(max_value=59), st.integers(min_value=1801)).map(
-        str
-    ),
-    "dbPoolSize": st.one_of(st.integers(max_value=0), st.integers(min_value=51)).map(str),
+    "mlflowWorkers": out_of_range("mlflowWorkers"),
+    "releaseTimeoutSeconds": out_of_range("releaseTimeoutSeconds"),
+    "dbPoolSize": out_of_range("dbPoolSize"),
+    "dbMaxOverflow": out_of_range("dbMaxOverflow"),
     "maxBodySize": printable.filter(_not(stack_settings.check_body_size)),
     "loginUser": printable.filter(_not(stack_settings.check_login_user)),
     "bucketName": printable.filter(_not(stack_settings.check_bucket_name)),
@@ -337,7 +340,7 @@ BAD_STRATEGIES = {
         max_size=3,
     ).map(json.dumps),
     "aws:region": printable.filter(
-        lambda v: v != "" and not re.fullmatch(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d", v)
+        lambda v: v != "" and not stack_settings.AWS_REGION_NAME.fullmatch(v)
     ),
 }
 
