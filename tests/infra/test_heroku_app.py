@@ -106,8 +106,11 @@ def assert_image_runs_the_stack(stack: Settings, program: ProgramRun) -> None:
     )
     assert image.max_body_size == stack.max_body_size.lower()
     assert image.username == stack.login_user
-    password = reveal(program.one(CONFIG_VARS).inputs["sensitiveVars"])["MLFLOW_TRACKING_PASSWORD"]
-    assert image.password == password
+    sensitive = reveal(program.one(CONFIG_VARS).inputs["sensitiveVars"])
+    assert image.password == sensitive["MLFLOW_TRACKING_PASSWORD"]
+    # The image redacts the program's secrets from its children's output.
+    for var in ("MLFLOW_TRACKING_PASSWORD", "AWS_SECRET_ACCESS_KEY"):
+        assert sensitive[var] in image.secrets, var
     bucket = program.one(BUCKET).outputs["bucket"]
     if stack.bucket_name is not None:
         assert bucket == stack.bucket_name
