@@ -27,7 +27,8 @@ NGINX_SIZE = re.compile(r"^(\d+)([kKmMgG]?)$")
 SIZE_FACTORS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 # S3's largest object; also far below what nginx can represent (a larger value stops nginx).
 MAX_BODY_BYTES = 5 * 1024**4
-ONE_GB = 1024**3
+MIN_BODY_BYTES = SIZE_FACTORS["g"]  # artifacts of 1 GB must fit
+MAX_DB_POOL = 50  # pool size and max overflow, each
 # Where the image puts the LD_PRELOAD library that makes nginx stop gracefully on SIGTERM
 # (image/nginx_graceful_term.c; MLFLOW_HEROKU_NGINX_PRELOAD overrides it).
 DEFAULT_NGINX_PRELOAD = Path("/usr/local/lib/mlflow-heroku/nginx_graceful_term.so")
@@ -198,10 +199,12 @@ def _body_size(collector: _Collector, raw: str) -> str:
         collector.problem(f"{name} must be a size like 1g, 2048m or 5g")
         return DEFAULTS[name]
     size = int(match.group(1)) * SIZE_FACTORS[match.group(2).lower()]
-    if size < ONE_GB:
-        collector.problem(f"{name} must be at least 1g so large artifacts fit")
+    if size < MIN_BODY_BYTES:
+        smallest = MIN_BODY_BYTES // SIZE_FACTORS["g"]
+        collector.problem(f"{name} must be at least {smallest}g so large artifacts fit")
     elif size > MAX_BODY_BYTES:
-        collector.problem(f"{name} must be at most 5120g (S3's largest object is 5 TiB)")
+        largest = MAX_BODY_BYTES // SIZE_FACTORS["g"]
+        collector.problem(f"{name} must be at most {largest}g (S3's largest object is 5 TiB)")
     return raw.strip().lower()
 
 
@@ -347,9 +350,9 @@ def load_settings(
     # Tuning knobs
     # Local mode keeps one worker unless asked: its SQLite file takes one writer at a time.
     workers = collector.integer("WEB_CONCURRENCY", 1, 16, "1" if local else None)
-    pool_size = collector.integer("MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", 1, 50)
+    pool_size = collector.integer("MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", 1, MAX_DB_POOL)
     # MLflow ignores 0 (falls back to SQLAlchemy's 10), so 0 is refused rather than misread.
-    max_overflow = collector.integer("MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW", 1, 50)
+    max_overflow = collector.integer("MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW", 1, MAX_DB_POOL)
     db_wait_seconds = collector.integer("MLFLOW_HEROKU_DB_WAIT_SECONDS", 0, 50)
     max_body_size = _body_size(
         collector,
