@@ -63,11 +63,11 @@ BACKGROUND_LINK = re.compile(
 # The one note SQLAlchemy 2.x puts before the driver's error (orm/session.py, add_detail).
 SQLALCHEMY_NOTE = re.compile(r"\(raised as a result of [^\n]*\)\n$")
 
-# The rest of a token, without the punctuation that ends the sentence around it.
-TOKEN_REST = r"[^\s'\"<>]*?(?=[.,;:!?)\]]*(?:[\s'\"<>]|$))"
-URL_WITH_CREDENTIALS = re.compile(rf"\b[A-Za-z][\w+.-]*://[^\s/?#@'\"]*@{TOKEN_REST}")
+# The rest of a word, without the punctuation that ends the sentence around it.
+WORD_TAIL = r"[^\s'\"<>]*?(?=[.,;:!?)\]]*(?:[\s'\"<>]|$))"
+URL_WITH_CREDENTIALS = re.compile(rf"\b[A-Za-z][\w+.-]*://[^\s/?#@'\"]*@{WORD_TAIL}")
 DATABASE_URL = re.compile(
-    rf"\b(?:postgres(?:ql)?|sqlite|mysql|mssql|oracle|cockroachdb)(?:\+\w+)?://{TOKEN_REST}"
+    rf"\b(?:postgres(?:ql)?|sqlite|mysql|mssql|oracle|cockroachdb)(?:\+\w+)?://{WORD_TAIL}"
 )
 # libpq's connection diagnostics and keyword connection strings.
 CONNINFO_KEY = r"(?:host|hostaddr|port|user|password|dbname|sslmode|sslrootcert|options)"
@@ -84,10 +84,10 @@ CONNECTION_DETAILS = (
     # "host=... port=... user=...": two or more keywords in a row, so that an echoed filter
     # such as "params.port=3" stays; a password is removed wherever it appears.
     (
-        re.compile(rf"\b{CONNINFO_KEY}={TOKEN_REST}(?:\s+{CONNINFO_KEY}={TOKEN_REST})+"),
+        re.compile(rf"\b{CONNINFO_KEY}={WORD_TAIL}(?:\s+{CONNINFO_KEY}={WORD_TAIL})+"),
         REDACTED,
     ),
-    (re.compile(rf"\bpassword=(?:'[^']*'|{TOKEN_REST})"), "password=" + REDACTED),
+    (re.compile(rf"\bpassword=(?:'[^']*'|{WORD_TAIL})"), "password=" + REDACTED),
 )
 PATH_CHARACTERS = r"[^\s'\"<>,;()\[\]{}]*"
 

@@ -8,10 +8,9 @@ import asyncio
 import json
 
 import pytest
-
 from mlflow_heroku_runtime.error_filter import (
-    ScrubDatabaseErrors,
     Scrubber,
+    ScrubDatabaseErrors,
     known_values_from_environment,
     scrub_body,
 )
@@ -94,7 +93,7 @@ def run_filtered(
     async def receive() -> dict[str, object]:
         return {"type": "http.request", "body": b""}
 
-    app = ScrubDatabaseErrors(fake_mlflow, filter_scrubber or scrubber())  # type: ignore[arg-type]
+    app = ScrubDatabaseErrors(fake_mlflow, filter_scrubber or scrubber())
     scope = {"type": "http", "method": "POST", "path": "/api/2.0/mlflow/experiments/create"}
     # A private loop: asyncio.run() would leave the thread without a current loop afterwards,
     # which breaks later tests whose libraries call asyncio.get_event_loop() (Pulumi's SDK).
@@ -190,15 +189,16 @@ def test_a_streamed_error_body_is_scrubbed_whole() -> None:
 
 def test_a_non_json_error_body_is_scrubbed_as_text_and_keeps_its_type() -> None:
     page = (
-        "<html><body><p>Experiment(name=dup) already exists. Error: "
-        "(psycopg.errors.UniqueViolation) duplicate key\nDETAIL:  Key (name)=(dup)\n"
-        "[SQL: INSERT INTO experiments (name) VALUES (%(name)s)]\n[parameters: {'name': 'dup'}]\n"
-        "(Background on this error at: https://sqlalche.me/e/21/gkpj)</p></body></html>"
-    ).encode()
+        b"<html><body><p>Experiment(name=dup) already exists. Error: "
+        b"(psycopg.errors.UniqueViolation) duplicate key\nDETAIL:  Key (name)=(dup)\n"
+        b"[SQL: INSERT INTO experiments (name) VALUES (%(name)s)]\n[parameters: {'name': 'dup'}]\n"
+        b"(Background on this error at: https://sqlalche.me/e/21/gkpj)</p></body></html>"
+    )
     headers = [(b"content-type", b"text/html; charset=utf-8"), (b"content-length", b"9")]
     start, body = run_filtered(409, [page], headers=headers)
     assert body["body"] == (
-        b"<html><body><p>Experiment(name=dup) already exists. Error: duplicate key</p></body></html>"
+        b"<html><body><p>Experiment(name=dup) already exists. Error: duplicate key"
+        b"</p></body></html>"
     )
     assert dict(start["headers"])[b"content-type"] == b"text/html; charset=utf-8"  # type: ignore[call-overload]
 
