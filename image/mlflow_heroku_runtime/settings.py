@@ -1,6 +1,7 @@
 """The environment contract: every variable read, validated with its own message.
 
-``load_settings(environ, local=...)`` returns ``Settings`` or raises ``ConfigError`` with
+``load_settings(environ, local=...)`` returns ``Settings`` (defined in the light plan.py, for
+the supervisor) or raises ``ConfigError`` with
 one line per bad variable (naming it and the fix, never echoing a secret).
 """
 
@@ -11,14 +12,15 @@ import re
 import secrets
 import urllib.parse
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from .database_url import to_sqlalchemy_url
 from .errors import ConfigError
 from .htpasswd import BCRYPT_MAX_PASSWORD_BYTES
+from .plan import LOCAL_PORT, Settings, reachable_address
 
-LOCAL_PORT = 8080
+__all__ = ["DEFAULTS", "Settings", "generate_local_password", "load_settings", "reachable_address"]
+
 LOCAL_USERNAME = "mlflow"
 MIN_PASSWORD_LENGTH = 8
 S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -32,31 +34,6 @@ MAX_DB_POOL = 50  # pool size and max overflow, each
 # Where the image puts the LD_PRELOAD library that makes nginx stop gracefully on SIGTERM
 # (image/nginx_graceful_term.c; MLFLOW_HEROKU_NGINX_PRELOAD overrides it).
 DEFAULT_NGINX_PRELOAD = Path("/usr/local/lib/mlflow-heroku/nginx_graceful_term.so")
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Everything the supervisor needs, already validated."""
-
-    port: int
-    backend_store_uri: str  # SQLAlchemy URL string, password included: never log it
-    database_description: str  # host:port/db, safe to log
-    artifacts_destination: str  # s3://bucket/prefix or a local folder
-    username: str
-    password: str
-    workers: int
-    pool_size: int
-    max_overflow: int
-    db_wait_seconds: int
-    max_body_size: str
-    proxy_read_timeout: int
-    auth_failures_per_minute: int
-    listen_address: str  # where nginx binds $PORT: all interfaces on a dyno, loopback locally
-    nginx_preload: str | None = None  # LD_PRELOAD for nginx (graceful SIGTERM), if present
-    mlflow_env: dict[str, str] = field(default_factory=dict)  # extra env for MLflow children
-    local: bool = False
-    behind_heroku_router: bool = False  # DYNO is set: X-Forwarded-For's last entry is real
-    secrets: tuple[str, ...] = ()  # every secret value, for redaction of child output
 
 
 # Variables the settings pass on to MLflow unchanged when the user sets them.
@@ -77,15 +54,15 @@ MLFLOW_PASSTHROUGH = (
     "AWS_REGION",
 )
 
-# Defaults sized for a 512 MB dyno and a small Postgres plan (essential-0: 20 connections).
-# Two workers forked from one import fit 512 MB (docs/benchmark.md: ~380 MB at the peak of 16
-# clients uploading artifacts); each holds at most 2 stores x (pool + overflow) = 8 connections.
+# Defaults sized for a 512 MB dyno and a small Postgres plan (essential-0: 20 connections):
+# two workers forked from one import fit (docs/benchmark.md); each holds at most
+# 2 stores x (pool + overflow) connections.
 DEFAULTS = {
     "WEB_CONCURRENCY": "2",
     # Three tracking calls at once per worker (the pool size is the cap, flask_shortcut.py):
-    # with Heroku Postgres ~1 ms away a log-metric waits on ~8 round trips, and a third call
-    # per worker served ~35% more at 16 clients than two (docs/benchmark.md, "Tracking calls
-    # against a remote database"); the one overflow connection serves uncapped routes.
+    # Heroku Postgres is on another host, and a third call per worker served more than two
+    # (docs/benchmark.md, "Tracking calls against a remote database"); the one overflow
+    # connection serves uncapped routes.
     "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "3",
     "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "1",
     "MLFLOW_HEROKU_DB_WAIT_SECONDS": "40",
@@ -149,15 +126,6 @@ def _listen_address(collector: _Collector, environ: Mapping[str, str], local: bo
         return default
     # nginx wants IPv6 addresses in brackets: listen [::1]:8080.
     return f"[{address}]" if address.version == 6 else str(address)
-
-
-def reachable_address(listen_address: str) -> str:
-    """Where the supervisor reaches nginx's $PORT: loopback of the same family when nginx binds
-    every interface (0.0.0.0, or [::], which nginx binds IPv6-only), else the address itself."""
-    address = ipaddress.ip_address(listen_address.strip("[]"))
-    if address.is_unspecified:
-        return "::1" if address.version == 6 else "127.0.0.1"
-    return str(address)
 
 
 def _nginx_preload(collector: _Collector, environ: Mapping[str, str]) -> str | None:
