@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import importlib.util
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import jinja2
 
+from .errors import ConfigError
 from .plan import UPSTREAM_IDLE_SECONDS
 
 TEMPLATE_DIR = Path(__file__).parent
@@ -45,6 +47,23 @@ def expected_authorization_pattern(username: str, password: str) -> str:
     return "^" + expected_authorization(username, password).replace("+", "[+]") + "$"
 
 
+def mlflow_ui_dir() -> Path:
+    """The UI's React build in the installed MLflow (what its Flask app serves at "/" and
+    /static-files/), found without importing MLflow."""
+    spec = importlib.util.find_spec("mlflow")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    build = Path(locations[0]).resolve() / "server" / "js" / "build" if locations else None
+    if build is None or not (build / "index.html").is_file():
+        raise ConfigError(
+            [
+                f"MLflow's UI files are missing (no index.html in {build}): install the mlflow "
+                "wheel from the lock (image/requirements.txt), not mlflow-skinny or a source "
+                "checkout without its built UI"
+            ]
+        )
+    return build
+
+
 def render(params: NginxParams) -> str:
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
@@ -66,4 +85,5 @@ def render(params: NginxParams) -> str:
         ),
         upstream_idle_seconds=UPSTREAM_IDLE_SECONDS,
         mime_types=MIME_TYPES,
+        mlflow_ui_dir=mlflow_ui_dir(),
     )
