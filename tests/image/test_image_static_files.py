@@ -32,7 +32,8 @@ def client_address() -> str:
     """A fresh TEST-NET-2 address for one unauthenticated probe's X-Forwarded-For (failed
     logins are rate-limited per client)."""
     number = next(_addresses)
-    return f"198.51.{100 + number // 250}.{number % 250 + 1}"
+    assert number < 150, "out of addresses"
+    return f"198.51.100.{101 + number}"  # above those other stack tests send with a login
 
 
 def main_script(index_html: str) -> str:
@@ -161,7 +162,7 @@ def nginx_on(ui_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[st
             port=port,
             mlflow_ports=[free_port()],
             username="alice",
-            password="s3cret-pw",  # noqa: S106 (test login)
+            password="s3cret-pw",
             max_body_size="5g",
             proxy_read_timeout=28,
             auth_failures_per_minute=100,

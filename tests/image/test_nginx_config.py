@@ -275,7 +275,7 @@ def test_the_ui_directory_is_the_installed_mlflows_build(
         "mlflow", fake_package / "__init__.py", submodule_search_locations=[str(fake_package)]
     )
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: spec)
-    with pytest.raises(ConfigError, match="UI files are missing .* install the mlflow wheel"):
+    with pytest.raises(ConfigError, match=r"UI files are missing .* install the mlflow wheel"):
         nginx_config.render(_params(tmp_path))
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ConfigError, match="UI files are missing"):
