@@ -14,9 +14,10 @@ from .error_filter import ASGIApp, Receive, Scope, Send
 # The tracking REST API; the trailing slash keeps /api/2.0/mlflow-artifacts/ (FastAPI's
 # streaming artifact routes) out.
 TRACKING_API_PREFIXES = ("/api/2.0/mlflow/", "/ajax-api/2.0/mlflow/")
-# Files: the artifacts the UI shows and downloads, and the UI's own JavaScript and CSS.
+# Files: the artifacts the UI shows and downloads. (The UI's own files, "/" and
+# /static-files/, never reach a worker: nginx serves them from the installed package.)
 FILE_PATHS = ("/get-artifact", "/model-versions/get-artifact")
-FILE_PREFIXES = ("/static-files/",)
+FILE_PREFIXES: tuple[str, ...] = ()
 
 
 class FlaskShortcut:

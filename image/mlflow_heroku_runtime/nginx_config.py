@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import importlib.util
 from pathlib import Path
 
 import jinja2
 
+from .errors import ConfigError
 from .plan import UPSTREAM_IDLE_SECONDS, Settings
 
 TEMPLATE_DIR = Path(__file__).parent
@@ -23,6 +25,23 @@ def expected_authorization_pattern(username: str, password: str) -> str:
     """A case-sensitive regex matching exactly that header. base64 brings only A-Z a-z 0-9
     + / =, of which only + means something in a regex; none needs quoting in nginx."""
     return "^" + expected_authorization(username, password).replace("+", "[+]") + "$"
+
+
+def mlflow_ui_dir() -> Path:
+    """The UI's React build in the installed MLflow (what its Flask app serves at "/" and
+    /static-files/), found without importing MLflow."""
+    spec = importlib.util.find_spec("mlflow")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    build = Path(locations[0]).resolve() / "server" / "js" / "build" if locations else None
+    if build is None or not (build / "index.html").is_file():
+        raise ConfigError(
+            [
+                f"MLflow's UI files are missing (no index.html in {build}): install the mlflow "
+                "wheel from the lock (image/requirements.txt), not mlflow-skinny or a source "
+                "checkout without its built UI"
+            ]
+        )
+    return build
 
 
 def render(
@@ -54,4 +73,5 @@ def render(
         mime_types=MIME_TYPES,
         worker_processes=1,
         error_log_level="warn",
+        mlflow_ui_dir=mlflow_ui_dir(),
     )

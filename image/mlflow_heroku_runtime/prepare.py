@@ -102,6 +102,7 @@ def main(argv: Sequence[str]) -> int:
         problem = listen_problem(settings)
         if problem is not None:
             raise ConfigError([problem])
+        nginx_config.mlflow_ui_dir()  # a missing UI build is named here, before anything starts
     except ConfigError as error:
         for problem in error.problems:
             print(f"entrypoint: configuration error: {problem}", file=sys.stderr)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any
@@ -21,12 +20,7 @@ from typing import Any
 import anyio
 
 from .error_filter import Message, Receive, Scope, Send
-
-with warnings.catch_warnings():
-    # Deprecated in Starlette, not removed; MLflow builds its WSGI environ with it too, and
-    # using the same function keeps what Flask sees identical to MLflow's own mount.
-    warnings.filterwarnings("ignore", message="starlette.middleware.wsgi is deprecated")
-    from starlette.middleware.wsgi import build_environ
+from .internals import wsgi_environ
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Callable[[bytes], None]]], Iterable[bytes]]
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType]
@@ -73,9 +67,9 @@ class WsgiCall:
 
     def next_chunk(self) -> bytes | None:
         """The next piece of the body, ``STREAM_CHUNK_BYTES`` or more unless the body ends
-        first, or None at its end. Flask's send_file reads 8 KiB at a time (the UI's files,
-        artifacts on local disk; MLflow reads a temporary copy from S3 1 MiB at a time): one
-        thread hand-off per 8 KiB held a 200 MiB download to ~110 MiB/s, per 256 KiB ~1 GiB/s."""
+        first, or None at its end. Flask's send_file reads 8 KiB at a time (artifacts on local
+        disk, as in local mode; a temporary copy from S3 is read 1 MiB at a time): one thread
+        hand-off per read would hold the download back (docs/image.md)."""
         self._read(STREAM_CHUNK_BYTES)
         return self.take_pending() if self.pending else None
 
@@ -125,7 +119,7 @@ class WsgiBridge:
                 return  # the client left before sending its whole request
             chunks.append(message.get("body", b""))
             more_body = message.get("more_body", False)
-        call = WsgiCall(self.app, build_environ(scope, b"".join(chunks)), self.buffer_bytes)
+        call = WsgiCall(self.app, wsgi_environ(scope, b"".join(chunks)), self.buffer_bytes)
         del chunks
         # Every step of the call runs in this one context, as if in one thread: a streamed body
         # may set a context variable in one step and reset it in another (Flask's

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +110,85 @@ def test_dockerignore_sends_only_what_the_image_needs() -> None:
         "nginx_graceful_term.c",
         "--from=nginx-preload",
     }
+
+
+def ui_compress_step() -> tuple[str, str]:
+    """The final stage's RUN that compresses MLflow's UI files, as (the assignment that finds
+    the UI's directory, the command that compresses what is in "$ui_dir")."""
+    _builder, final = stages()
+    steps = [args for name, args in final if name == "RUN" and "gzip" in args]
+    assert len(steps) == 1, steps
+    locate, compress = steps[0].split(" && ", 1)
+    assert locate.startswith('ui_dir="$(python -c '), locate
+    return locate, compress
+
+
+def compress_ui_copy(ui_dir: Path) -> None:
+    """Run the Dockerfile's compress command on ui_dir, as the build runs it (sh -c)."""
+    _locate, compress = ui_compress_step()
+    subprocess.run(
+        ["sh", "-c", compress], env={**os.environ, "ui_dir": str(ui_dir)}, check=True, timeout=120
+    )
+
+
+def test_ui_files_are_compressed_once_at_build(tmp_path: Path) -> None:
+    """The build writes a .gz beside each compressible UI file of the installed MLflow, for
+    nginx's gzip_static; the step runs before the runtime's code is copied, so a code change
+    keeps its layer. Checked on a copy of the installed files: the same directory nginx's
+    config names, compressible files of 1 KiB and more get a .gz that decompresses to them,
+    already compressed formats and small files get none, the originals stay as they were."""
+    from mlflow_heroku_runtime.nginx_config import mlflow_ui_dir
+
+    locate, _compress = ui_compress_step()
+    _builder, final = stages()
+    order = [args for _name, args in final]
+    step = next(index for index, args in enumerate(order) if "gzip" in args)
+    assert "pip install --require-hashes" in order[step - 1]
+    assert step < order.index("mlflow_heroku_runtime/ /app/mlflow_heroku_runtime/")
+    found = subprocess.run(
+        ["sh", "-c", f'{locate} && printf %s "$ui_dir"'],
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    assert Path(found).resolve() == mlflow_ui_dir()
+
+    source = mlflow_ui_dir()
+    names = ["index.html", "manifest.json", "favicon.ico", "asset-manifest.json"]
+    for pattern in ("static/js/main.*.js", "static/css/main.*.css", "static/media/*"):
+        names += [str(path.relative_to(source)) for path in sorted(source.glob(pattern))]
+    copy = tmp_path / "build"
+    for name in names:
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / name, copy / name)
+    compress_ui_copy(copy)
+
+    compressible = {
+        ".js",
+        ".mjs",
+        ".cjs",
+        ".css",
+        ".json",
+        ".svg",
+        ".html",
+        ".txt",
+        ".ttf",
+        ".eot",
+        ".ico",
+    }
+    outcome: dict[str, bool] = {}
+    for name in names:
+        original = copy / name
+        assert original.read_bytes() == (source / name).read_bytes(), name
+        packed = original.with_name(original.name + ".gz")
+        expected = original.suffix in compressible and original.stat().st_size > 1024
+        assert packed.exists() == expected, name
+        if expected:
+            assert gzip.decompress(packed.read_bytes()) == original.read_bytes(), name
+        outcome[name] = expected
+    # The copy held both kinds (else the loop above proves little).
+    assert any(name.endswith(".js") and outcome[name] for name in names)
+    assert any(name.endswith((".png", ".woff2")) and not outcome[name] for name in names)
+    assert not outcome["index.html"]  # under 1 KiB

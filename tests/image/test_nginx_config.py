@@ -159,7 +159,8 @@ def test_rendered_config_passes_nginx_t(tmp_path: Path, max_body_size: str, user
 def _nginx_with_login(password: str, htpasswd_password: str | None = None) -> Iterator[str]:
     """Real nginx on the rendered config for alice:password (its exact-header fast path),
     with an htpasswd file for alice:htpasswd_password (bcrypt's path; default the same);
-    yields its base URL. No MLflow behind it: a request past the login gets 503."""
+    yields the URL of a route nginx passes on to MLflow. No MLflow behind it: a request past
+    the login gets 503."""
     import pwd
     import shutil
     import tempfile
@@ -189,7 +190,7 @@ def _nginx_with_login(password: str, htpasswd_password: str | None = None) -> It
         )
         try:
             assert wait_for_port(port, 5)
-            yield f"http://127.0.0.1:{port}/"
+            yield f"http://127.0.0.1:{port}/version"
         finally:
             process.terminate()
             process.wait(10)
@@ -253,3 +254,32 @@ def test_forwarded_for_is_trusted_only_behind_herokus_router(tmp_path: Path) -> 
     assert not load_settings(
         {k: v for k, v in GOOD_ENV.items() if k != "DYNO"}
     ).behind_heroku_router
+
+
+def test_the_ui_directory_is_the_installed_mlflows_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found without importing MLflow; without its built UI, the start fails saying so."""
+    import importlib.util
+    import sys
+
+    from mlflow_heroku_runtime.errors import ConfigError
+
+    imported = "mlflow" in sys.modules
+    ui_dir = nginx_config.mlflow_ui_dir()
+    assert ("mlflow" in sys.modules) == imported
+    assert (ui_dir / "index.html").is_file()
+    assert ui_dir.parts[-4:] == ("mlflow", "server", "js", "build")
+    assert f"alias {ui_dir}/;" in _render(tmp_path)
+
+    fake_package = tmp_path / "mlflow"
+    (fake_package / "server").mkdir(parents=True)
+    spec = importlib.util.spec_from_file_location(
+        "mlflow", fake_package / "__init__.py", submodule_search_locations=[str(fake_package)]
+    )
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: spec)
+    with pytest.raises(ConfigError, match=r"UI files are missing .* install the mlflow wheel"):
+        _render(tmp_path)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ConfigError, match="UI files are missing"):
+        nginx_config.mlflow_ui_dir()
