@@ -49,7 +49,8 @@ def running_tree() -> Iterator[Tree]:
             process.kill()
         parent.kill()
         parent.wait()
-        parent.stdout.close()
+        if parent.stdout is not None:
+            parent.stdout.close()
 
 
 def gone_pid() -> int:
