@@ -63,16 +63,16 @@ def _ours(marker: str) -> list[int]:
     return found
 
 
-def _leftovers(before: set[Path], marker: str) -> tuple[list[str], set[Path]]:
+def _leftovers(private_tmp: Path, marker: str) -> list[str]:
     """What a run left: processes that inherited its marker variable (the S3 server, the load
-    clients, the stacks) or name one of the new temporary directories (PostgreSQL, started
-    with a clean environment), and those directories. All are then removed, so that even a
-    failing check leaves nothing behind."""
-    paths = set(Path(tempfile.gettempdir()).glob("mlflow-heroku-*")) - before
+    clients, the stacks) or name one of its temporary directories (PostgreSQL, started with a
+    clean environment). They are killed and the run's TMPDIR removed, so that even a failing
+    check leaves nothing behind. Only this run's: other tests on the machine keep theirs."""
+    paths = [str(path) for path in private_tmp.glob("mlflow-heroku-*")]
     # A child that ends on its own once the run has exited is not left behind: the spawn
     # context's resource tracker, for one, stops only when it reads EOF from the dead run.
     deadline = time.monotonic() + 5
-    while (pids := {pid for key in (marker, *map(str, paths)) for pid in _ours(key)}) and (
+    while (pids := {pid for key in (marker, *paths) for pid in _ours(key)}) and (
         time.monotonic() < deadline
     ):
         time.sleep(0.1)
@@ -84,23 +84,35 @@ def _leftovers(before: set[Path], marker: str) -> tuple[list[str], set[Path]]:
             process.kill()
     if pids:
         time.sleep(0.5)
-    for path in paths:
+    shutil.rmtree(private_tmp, ignore_errors=True)
+    return described
+
+
+@contextlib.contextmanager
+def private_tmp() -> Iterator[Path]:
+    """A TMPDIR for one run, so that its temporary directories (PostgreSQL's, the stacks') are
+    told apart from those of tests running beside it. Outside pytest's 0700 tmp_path, and
+    reachable by others: PostgreSQL runs as the postgres user."""
+    path = Path(tempfile.mkdtemp(prefix="benchmark-test-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
         shutil.rmtree(path, ignore_errors=True)
-    return described, paths
 
 
 @contextlib.contextmanager
 def benchmark_run(
-    argv: list[str], marker: str, capture: bool = False
+    argv: list[str], tmp: Path, marker: str, capture: bool = False
 ) -> Iterator[subprocess.Popen[str]]:
-    """scripts/benchmark.py with argv (its output piped if capture: read it, or the pipe fills
-    and the run blocks); killed if still running on the way out. The marker variable lets
-    _leftovers find whatever it started."""
+    """scripts/benchmark.py with argv and TMPDIR=tmp (its output piped if capture: read it, or
+    the pipe fills and the run blocks); killed if still running on the way out. The marker
+    variable lets _leftovers find whatever it started."""
     output = subprocess.PIPE if capture else subprocess.DEVNULL
     run = subprocess.Popen(
         [sys.executable, str(SCRIPT), *argv],
         stdout=output, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, marker.split("=")[0]: marker.split("=")[1]},
+        env={**os.environ, "TMPDIR": str(tmp), marker.split("=")[0]: marker.split("=")[1]},
     )  # fmt: skip
     try:
         yield run
@@ -122,18 +134,19 @@ def _docs_digest() -> dict[str, str]:
 def test_a_run_writes_its_results_and_touches_no_doc(tmp_path: Path) -> None:
     """The results go to one new directory under --results-dir, as JSON and as the markdown
     table the run prints; README.md and docs/ stay exactly as they were."""
-    before = set(Path(tempfile.gettempdir()).glob("mlflow-heroku-*"))
     docs = _docs_digest()
     marker = f"MLFLOW_HEROKU_TEST_RUN={uuid.uuid4().hex}"
     results_dir = tmp_path / "results"
-    try:
-        argv = [*SHORTEST, "--results-dir", str(results_dir)]
-        with benchmark_run(argv, marker, capture=True) as run:
-            assert run.stdout is not None
-            output = run.stdout.read()
-            code = run.wait(600)
-    finally:
-        left_running, left_paths = _leftovers(before, marker)
+    with private_tmp() as tmp:
+        try:
+            argv = [*SHORTEST, "--results-dir", str(results_dir)]
+            with benchmark_run(argv, tmp, marker, capture=True) as run:
+                assert run.stdout is not None
+                output = run.stdout.read()
+                code = run.wait(600)
+            left_paths = sorted(path.name for path in tmp.glob("mlflow-heroku-*"))
+        finally:
+            left_running = _leftovers(tmp, marker)
     assert code == 0, output[-3000:]
     assert _docs_digest() == docs
     [run_dir] = [path for path in results_dir.iterdir() if path.is_dir()]
@@ -151,33 +164,31 @@ def test_a_run_writes_its_results_and_touches_no_doc(tmp_path: Path) -> None:
     assert stack["sigterm_all_left"] == 0
     assert f"| {stack['name']} | nginx | 1 |" in table
     assert left_running == []
-    assert left_paths == set()
+    assert left_paths == []
 
 
 @pytest.mark.integration
 def test_sigterm_stops_every_service_and_removes_their_directories(tmp_path: Path) -> None:
     """SIGTERM in the middle of a run unwinds: the stack, PostgreSQL and the S3 server stop,
     and their temporary directories go (a run killed this way once left a cluster behind)."""
-    before = set(Path(tempfile.gettempdir()).glob("mlflow-heroku-*"))
     marker = f"MLFLOW_HEROKU_TEST_RUN={uuid.uuid4().hex}"  # inherited: finds what it leaves
     argv = ["--quick", "--no-recipe", "--workers", "", "--results-dir", str(tmp_path / "results")]
-    try:
-        with benchmark_run(argv, marker) as run:
-            # The first stack is up once its runtime directory holds the migration flag.
-            deadline = time.monotonic() + 90
-            while not any(
-                (path / "migrated").exists()
-                for path in set(Path(tempfile.gettempdir()).glob("mlflow-heroku-*")) - before
-            ):
-                assert run.poll() is None, f"the benchmark ended early (exit {run.returncode})"
-                assert time.monotonic() < deadline, "no stack started within 90 s"
-                time.sleep(0.1)
-            started = set(Path(tempfile.gettempdir()).glob("mlflow-heroku-*")) - before
-            run.send_signal(signal.SIGTERM)
-            code = run.wait(60)
-    finally:
-        left_running, left_paths = _leftovers(before, marker)
-    assert any(path.name.startswith("mlflow-heroku-pg-") for path in started), started
+    with private_tmp() as tmp:
+        try:
+            with benchmark_run(argv, tmp, marker) as run:
+                # The first stack is up once its runtime directory holds the migration flag.
+                deadline = time.monotonic() + 90
+                while not any((path / "migrated").exists() for path in tmp.glob("mlflow-heroku-*")):
+                    assert run.poll() is None, f"the benchmark ended early (exit {run.returncode})"
+                    assert time.monotonic() < deadline, "no stack started within 90 s"
+                    time.sleep(0.1)
+                started = {path.name for path in tmp.glob("mlflow-heroku-*")}
+                run.send_signal(signal.SIGTERM)
+                code = run.wait(60)
+            left_paths = sorted(path.name for path in tmp.glob("mlflow-heroku-*"))
+        finally:
+            left_running = _leftovers(tmp, marker)
+    assert any(name.startswith("mlflow-heroku-pg-") for name in started), started
     assert code == 128 + signal.SIGTERM
     assert left_running == []
-    assert left_paths == set()
+    assert left_paths == []

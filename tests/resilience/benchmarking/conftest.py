@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.resilience.benchmarking import trees
+from tests.support import process_trees as trees
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import time
 import psutil
 
 from scripts.benchmarking.memory import PeakSampler, tree_pss_mb
-from tests.resilience.benchmarking.trees import Tree
+from tests.support.process_trees import Tree
 
 HOLD_MB = 64
 # Writes HOLD_MB of real pages (a zero-filled allocation would not be resident), says so,

@@ -7,7 +7,7 @@ import os
 import socket
 
 from scripts.benchmarking.processes import alive, listening_ports, process_tree
-from tests.resilience.benchmarking.trees import Tree
+from tests.support.process_trees import Tree
 
 
 def test_the_tree_holds_the_root_and_its_live_children_not_zombies(tree: Tree) -> None:
