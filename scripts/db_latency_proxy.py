@@ -2,9 +2,10 @@
 """A TCP proxy on loopback that delays every byte by a fixed time each way, so the benchmark can
 put PostgreSQL as far from MLflow as Heroku Postgres is from a dyno (docs/benchmark.md).
 
-Run by ``scripts/benchmark.py --db-latency-ms`` (scripts/benchmarking/database.py): ``db_latency_proxy.py LISTEN_PORT TARGET_PORT
-DELAY_MS``; prints ``ready`` once it accepts connections and runs until killed. Data keeps its
-order: each chunk read is written DELAY_MS after it arrived.
+Run by ``scripts/benchmark.py --db-latency-ms`` (scripts/benchmarking/database.py):
+``db_latency_proxy.py LISTEN_PORT TARGET_PORT DELAY_MS``; prints ``ready`` once it accepts
+connections and runs until killed. Data keeps its order: each chunk read is written DELAY_MS
+after it arrived.
 """
 
 from __future__ import annotations
