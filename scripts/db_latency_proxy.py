@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """A TCP proxy on loopback that delays every byte by a fixed time each way, so the benchmark can
-put PostgreSQL as far from MLflow as Heroku Postgres is from a dyno (~1 ms per round trip).
+put PostgreSQL as far from MLflow as Heroku Postgres is from a dyno (docs/benchmark.md).
 
-Run by ``scripts/benchmark.py --db-latency-ms``: ``db_latency_proxy.py LISTEN_PORT TARGET_PORT
-DELAY_MS``; prints ``ready`` once it accepts connections and runs until killed. Data keeps its
-order: each chunk read is written DELAY_MS after it arrived.
+Run by ``scripts/benchmark.py --db-latency-ms`` (scripts/benchmarking/database.py):
+``db_latency_proxy.py LISTEN_PORT TARGET_PORT DELAY_MS``; prints ``ready`` once it accepts
+connections and runs until killed. Data keeps its order: each chunk read is written DELAY_MS
+after it arrived.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def main(argv: list[str]) -> int:
         sys.exit("usage: db_latency_proxy.py LISTEN_PORT TARGET_PORT DELAY_MS")
     listen_port, target_port, delay_ms = int(argv[0]), int(argv[1]), float(argv[2])
     # select() sleeps to the microsecond; epoll, asyncio's default here, to the millisecond,
-    # which would turn 0.5 ms into 1 ms each way.
+    # which would round a sub-millisecond delay up.
     loop = asyncio.SelectorEventLoop(selectors.SelectSelector())
     try:
         loop.run_until_complete(serve(listen_port, target_port, delay_ms / 1000))

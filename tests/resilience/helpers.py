@@ -16,9 +16,9 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 import requests
 
@@ -258,15 +258,12 @@ def group_members(pgid: int) -> list[str]:
     """Command lines of the live (non-zombie) processes in process group pgid. The stack
     runs in its own group, so anything listed after the entrypoint exited is an orphan."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for process in psutil.process_iter():
         try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            found.append(f"{entry.name}: {command_line(int(entry.name))}")
+            if process.status() != psutil.STATUS_ZOMBIE and os.getpgid(process.pid) == pgid:
+                found.append(f"{process.pid}: {command_line(process.pid)}")
+        except (psutil.Error, ProcessLookupError):
+            continue  # gone while we looked
     return found
 
 
@@ -280,26 +277,18 @@ def live_pids(pids: list[int]) -> list[int]:
     """The pids that still exist and are not zombies."""
     found = []
     for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if state != "Z":
-            found.append(pid)
+        with contextlib.suppress(psutil.Error):
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                found.append(pid)
     return found
 
 
 def children_of(pid: int) -> list[int]:
-    """Direct children of pid."""
-    found = []
-    for member in descendants(pid)[1:]:
-        try:
-            parent = int(Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        if parent == pid:
-            found.append(member)
-    return found
+    """Direct children of pid (zombies included; none when pid is gone)."""
+    try:
+        return [child.pid for child in psutil.Process(pid).children()]
+    except psutil.NoSuchProcess:
+        return []
 
 
 def tree_of(stack: Stack) -> list[int]:
@@ -308,8 +297,8 @@ def tree_of(stack: Stack) -> list[int]:
 
 def command_line(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
+        return " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
         return ""
 
 

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import psutil
 import requests
 import requests.auth
 
@@ -557,41 +558,30 @@ def _stop_process_group(process: subprocess.Popen[bytes], grace: float) -> int |
 
 
 def descendants(pid: int) -> list[int]:
-    """pid and every live descendant (read from /proc, Linux only)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name is in parentheses and may contain spaces: split after it.
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(parent, []).append(int(entry.name))
-    found = [pid]
-    index = 0
-    while index < len(found):
-        found.extend(children.get(found[index], []))
-        index += 1
-    return found
+    """pid and every descendant, zombies included; a process that exits while the tree is
+    walked is left out (pid itself is always first, even when it is gone)."""
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return [pid]
+    return [pid, *(child.pid for child in children)]
 
 
 def mlflow_pid_of(stack: Stack) -> int:
     """The stack's MLflow process: uvicorn (one worker) or gunicorn's master (forked workers),
     i.e. the uvicorn/gunicorn process whose parent is neither."""
 
-    def is_mlflow(pid: int) -> bool:
+    def is_mlflow(process: psutil.Process) -> bool:
         try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
+            argv = process.cmdline()
+        except psutil.Error:
             return False
-        return len(argv) > 2 and argv[1] == b"-m" and argv[2] in (b"uvicorn", b"gunicorn")
+        return len(argv) > 2 and argv[1] == "-m" and argv[2] in ("uvicorn", "gunicorn")
 
     for pid in descendants(stack.process.pid):
-        if is_mlflow(pid):
-            parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            if not is_mlflow(parent):
+        with contextlib.suppress(psutil.Error):
+            process = psutil.Process(pid)
+            if is_mlflow(process) and not is_mlflow(psutil.Process(process.ppid())):
                 return pid
     raise AssertionError("no uvicorn or gunicorn process in the stack")
 
@@ -602,27 +592,22 @@ def mlflow_ports_of(stack: Stack) -> list[int]:
     order)."""
     for pid in descendants(stack.process.pid):
         try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
+            argv = psutil.Process(pid).cmdline()
+        except psutil.Error:
             continue
-        if b"uvicorn" in argv and b"--port" in argv:
-            return [int(argv[argv.index(b"--port") + 1])]
-        binds = [arg.rsplit(b":", 1)[1] for arg in argv if arg.startswith(b"--bind=")]
-        if b"gunicorn" in argv and binds:
+        if "uvicorn" in argv and "--port" in argv:
+            return [int(argv[argv.index("--port") + 1])]
+        binds = [arg.rsplit(":", 1)[1] for arg in argv if arg.startswith("--bind=")]
+        if "gunicorn" in argv and binds:
             return [int(port) for port in binds]
     raise AssertionError("no uvicorn child with --port, nor gunicorn with --bind")
 
 
 def tree_pss_mb(pid: int) -> float:
-    """Sum of PSS (MB) over pid and its descendants (needs permission to read smaps)."""
-    total_kb = 0
+    """Sum of PSS (MB) over pid and its descendants; a process gone or unreadable (smaps
+    needs permission) counts 0."""
+    total = 0
     for member in descendants(pid):
-        try:
-            rollup = Path(f"/proc/{member}/smaps_rollup").read_text()
-        except OSError:
-            continue
-        for line in rollup.splitlines():
-            if line.startswith("Pss:"):
-                total_kb += int(line.split()[1])
-                break
-    return total_kb / 1024
+        with contextlib.suppress(psutil.Error):
+            total += psutil.Process(member).memory_full_info().pss
+    return total / (1024 * 1024)
