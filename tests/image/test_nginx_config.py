@@ -74,6 +74,11 @@ def test_rendered_config_has_what_heroku_needs(tmp_path: Path) -> None:
         assert directive in text
     assert "proxy_read_timeout 28s;" in text
     assert "rate=10r/m;" in text  # MLFLOW_HEROKU_AUTH_FAILURES_PER_MINUTE's default
+    # Heroku's Router 2.0 drops an idle connection to a dyno after 90 s; nginx must outlast it,
+    # so a request the router sends on a kept connection never meets nginx's close.
+    client_idle = re.search(r"^    keepalive_timeout (\d+)s;$", text, re.M)
+    assert client_idle is not None
+    assert int(client_idle.group(1)) > 90
 
 
 def test_nginx_answers_a_slow_request_before_herokus_router_does() -> None:
