@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from mlflow_heroku_runtime import internals
@@ -166,6 +165,5 @@ def test_only_internals_reaches_into_other_packages_private_names() -> None:
         and (used := private_names_used(module.read_text(encoding="utf-8")))
     }
     assert found == {}, (
-        "move each use into a small function in internals.py with an @internal check: "
-        f"{found}"
+        f"move each use into a small function in internals.py with an @internal check: {found}"
     )
