@@ -17,6 +17,7 @@ import weakref
 from typing import Any
 
 import sqlalchemy
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from . import internals
 
@@ -36,7 +37,7 @@ from .wsgi_bridge import WsgiBridge  # noqa: E402
 
 OPENED_BY = "mlflow_heroku_opened_by_pid"  # our key in each pooled connection's info
 # Every pooled database connection of every engine in this process, the inherited included.
-pooled_connections: weakref.WeakSet[Any] = weakref.WeakSet()
+pooled_connections: weakref.WeakSet[ConnectionPoolEntry] = weakref.WeakSet()
 
 
 def warm_up_and_freeze() -> None:
@@ -80,7 +81,7 @@ def keep_database_connections_out_of_forks() -> None:
     os.register_at_fork(after_in_child=forget_inherited_database_connections)
 
 
-def _note_opener(dbapi_connection: Any, entry: Any) -> None:
+def _note_opener(dbapi_connection: Any, entry: ConnectionPoolEntry) -> None:
     entry.info[OPENED_BY] = os.getpid()
     pooled_connections.add(entry)
 
