@@ -12,6 +12,9 @@ from pulumiverse_heroku import app as heroku_app
 
 from infra.settings import Settings
 
+# Length of the login password generated when the stack sets none (Pulumi.yaml says so too).
+GENERATED_PASSWORD_LENGTH = 32
+
 
 def allowed_hosts(heroku_hostname: str, custom_domains: Sequence[str]) -> str:
     """MLFLOW_SERVER_ALLOWED_HOSTS: the Host headers that reach the app."""
@@ -89,7 +92,7 @@ class HerokuApp(pulumi.ComponentResource):
         else:
             generated = random.RandomPassword(
                 "login-password",
-                length=32,
+                length=GENERATED_PASSWORD_LENGTH,
                 # Letters and digits only: the password ends up in shell exports and URLs.
                 special=False,
                 opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["result"]),

@@ -1,7 +1,9 @@
 """The stack's settings: read once from `pulumi.Config`, typed and validated.
 
-Every default lives in `DEFAULTS` (Pulumi.yaml's `config:` block documents the same values; a
-test keeps the two equal, because the SDK never reads Pulumi.yaml). A bad value fails before any
+Every default lives in `DEFAULTS` and every whole-number range in `INTEGER_RANGES` (Pulumi.yaml's
+`config:` block documents the same values; tests keep the two equal, because the SDK never reads
+Pulumi.yaml). Limits the image enforces too are one constant here each (MAX_BODY_SIZE, ...);
+tests/infra/test_heroku_app.py checks that the image agrees. A bad value fails before any
 resource is declared, with one message that names each bad key, its value and what is allowed.
 Secret values are never repeated in a message.
 """
@@ -90,10 +92,11 @@ DYNO_MEMORY_MB: Final[Mapping[str, int]] = {
 }
 SINGLE_DYNO_SIZES: Final = ("eco", "basic")
 MAX_DYNO_COUNT: Final = 100
-# Peak PSS of the whole dyno with 16 clients uploading artifacts (docs/benchmark.md, runs J, K
-# and M): one worker (uvicorn alone) 322-340 MB; workers forked from one import (gunicorn
-# --preload) 370-381 MB for two and 423-442 MB for three, ~40-60 MB per added worker. Rounded up
-# for headroom.
+# The most MLflow workers (WEB_CONCURRENCY) a dyno runs; the image refuses more.
+MAX_MLFLOW_WORKERS: Final = 16
+# Peak memory of the whole dyno under artifact uploads, one worker (uvicorn alone) or workers
+# forked from one import (gunicorn --preload), rounded up for headroom (docs/benchmark.md, runs
+# J, K and M).
 SINGLE_WORKER_MEMORY_MB: Final = 360
 FORKED_BASE_MEMORY_MB: Final = 300
 FORKED_WORKER_MEMORY_MB: Final = 60
@@ -106,20 +109,43 @@ def dyno_memory_needed_mb(workers: int) -> int:
     return FORKED_BASE_MEMORY_MB + workers * FORKED_WORKER_MEMORY_MB
 
 
+def max_workers_for(memory_mb: int) -> int:
+    """The most MLflow workers whose memory fits a dyno of ``memory_mb`` (at least one)."""
+    fitting = (n for n in range(1, MAX_MLFLOW_WORKERS + 1) if dyno_memory_needed_mb(n) <= memory_mb)
+    return max(fitting, default=1)
+
+
 _APP_NAME = re.compile(r"[a-z][a-z0-9-]{2,29}")
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _IPV4 = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
 _S3_PREFIX = re.compile(r"[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*")
 _NGINX_SIZE = re.compile(r"([1-9][0-9]{0,9})([kKmMgG]?)")
-_SIZE_FACTORS: Final = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_GIB: Final = 1024**3
+_SIZE_FACTORS: Final = {"": 1, "k": 1024, "m": 1024**2, "g": _GIB}
 MAX_RELEASE_TIMEOUT_SECONDS: Final = 1800
-MIN_BODY_SIZE: Final = 1024**3  # the image refuses less: artifacts of 1 GB must fit
+MIN_BODY_SIZE: Final = _GIB  # the image refuses less: artifacts of 1 GB must fit
 MAX_BODY_SIZE: Final = 5 * 1024**4  # S3's largest object; the image refuses more
+# Each SQLAlchemy pool setting (dbPoolSize, dbMaxOverflow) per store; the image refuses more.
+MAX_DB_POOL: Final = 50
+AWS_REGION_NAME: Final = re.compile(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d")  # fullmatch
 _KMS_KEY = re.compile(r"arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]{1,128}")
 _HOSTNAME_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _LOGIN_USER = re.compile(r"[A-Za-z0-9._@+-]{1,64}")
 MIN_PASSWORD_LENGTH: Final = 16
 MAX_PASSWORD_BYTES: Final = 72  # bcrypt, which the image hashes it with, ignores the rest
+
+# Allowed values of the whole-number keys; Pulumi.yaml's descriptions state the same ranges.
+INTEGER_RANGES: Final[Mapping[str, tuple[int, int]]] = {
+    "dynoCount": (1, MAX_DYNO_COUNT),
+    "mlflowWorkers": (1, MAX_MLFLOW_WORKERS),
+    "dbPoolSize": (1, MAX_DB_POOL),
+    # MLflow reads 0 as "unset" (SQLAlchemy's 10), so the image refuses 0 and so does this.
+    "dbMaxOverflow": (1, MAX_DB_POOL),
+    "noncurrentVersionExpirationDays": (1, 3650),
+    "accessKeyGeneration": (1, 1_000_000),
+    # At most 30 min: the deploy job's 60 min must also cover the image build and push.
+    "releaseTimeoutSeconds": (60, MAX_RELEASE_TIMEOUT_SECONDS),
+}
 
 
 class SettingsError(pulumi.RunError, ValueError):
@@ -186,7 +212,8 @@ class _Reader:
             self.fail(key, f"{value!r} {problem}")
         return value
 
-    def integer(self, key: str, low: int, high: int) -> int:
+    def integer(self, key: str) -> int:
+        low, high = INTEGER_RANGES[key]
         raw = self.raw(key)
         default = DEFAULTS[key]
         assert isinstance(default, int)
@@ -295,9 +322,14 @@ def check_body_size(value: str) -> str | None:
         return "is not an nginx size; use a number with an optional k, m or g suffix, e.g. 5g"
     size = int(match.group(1)) * _SIZE_FACTORS[match.group(2).lower()]
     if size < MIN_BODY_SIZE:
-        return "is too small; allowed: 1g or more (e.g. 1024m, 5g), so large artifacts fit"
+        return (
+            f"is too small; allowed: {MIN_BODY_SIZE // _GIB}g or more (e.g. 1024m, 5g), "
+            "so large artifacts fit"
+        )
     if size > MAX_BODY_SIZE:
-        return "is too large; allowed: up to 5120g (S3's largest object is 5 TiB)"
+        return (
+            f"is too large; allowed: up to {MAX_BODY_SIZE // _GIB}g (S3's largest object is 5 TiB)"
+        )
     return None
 
 
@@ -338,7 +370,11 @@ def check_password(value: str) -> str | None:
     """Checks a secret without ever repeating it."""
     if len(value) < MIN_PASSWORD_LENGTH:
         return f"is too short: use at least {MIN_PASSWORD_LENGTH} characters"
-    if len(value.encode()) > MAX_PASSWORD_BYTES:
+    try:
+        encoded = value.encode()
+    except UnicodeEncodeError:  # lone surrogates: bytes that were not UTF-8
+        return "is not valid UTF-8 text: set it again from a UTF-8 terminal or file"
+    if len(encoded) > MAX_PASSWORD_BYTES:
         return f"is too long: use at most {MAX_PASSWORD_BYTES} bytes (bcrypt's limit)"
     if not value.isprintable() or any(c.isspace() for c in value):
         return "contains spaces or control characters: use printable characters only"
@@ -386,17 +422,17 @@ def load(
     region = reader.string("region", _one_of(HEROKU_REGIONS))
     postgres_plan = reader.string("postgresPlan", check_postgres_plan)
     dyno_size = reader.string("dynoSize", check_dyno_size)
-    dyno_count = reader.integer("dynoCount", 1, MAX_DYNO_COUNT)
+    dyno_count = reader.integer("dynoCount")
     if dyno_size in SINGLE_DYNO_SIZES and dyno_count > 1:
         reader.fail(
             "dynoCount",
             f"{dyno_count} dynos of size {dyno_size!r}: Heroku runs at most 1 {dyno_size} dyno "
             "per process type; use dynoSize standard-1x or larger to scale out",
         )
-    workers = reader.integer("mlflowWorkers", 1, 16)
+    workers = reader.integer("mlflowWorkers")
     memory = DYNO_MEMORY_MB.get(dyno_size)
     if memory is not None:
-        max_workers = max([1, *(n for n in range(2, 17) if dyno_memory_needed_mb(n) <= memory)])
+        max_workers = max_workers_for(memory)
         if workers > max_workers:
             reader.fail(
                 "mlflowWorkers",
@@ -404,9 +440,8 @@ def load(
                 f"more than a {dyno_size} dyno's {memory} MB; allowed: 1 to {max_workers} "
                 "(or a larger dynoSize)",
             )
-    pool_size = reader.integer("dbPoolSize", 1, 50)
-    # MLflow reads 0 as "unset" (SQLAlchemy's 10), so the image refuses 0 and so does this.
-    max_overflow = reader.integer("dbMaxOverflow", 1, 50)
+    pool_size = reader.integer("dbPoolSize")
+    max_overflow = reader.integer("dbMaxOverflow")
 
     body_size = reader.string("maxBodySize", check_body_size)
     login_user = reader.string("loginUser", check_login_user)
@@ -429,21 +464,20 @@ def load(
         reader.fail("bucketName", f"{bucket_name!r} {problem}")
     artifact_prefix = reader.string("artifactPrefix", check_artifact_prefix)
     versioning = reader.boolean("bucketVersioning")
-    expiration_days = reader.integer("noncurrentVersionExpirationDays", 1, 3650)
+    expiration_days = reader.integer("noncurrentVersionExpirationDays")
     kms_key_arn = reader.raw("kmsKeyArn")
     if kms_key_arn is not None and (problem := check_kms_key(kms_key_arn)) is not None:
         reader.fail("kmsKeyArn", f"{kms_key_arn!r} {problem}")
-    key_generation = reader.integer("accessKeyGeneration", 1, 1_000_000)
+    key_generation = reader.integer("accessKeyGeneration")
     protect_data = reader.boolean("protectData")
     custom_domains = _read_domains(reader)
-    # At most 30 min: the deploy job's 60 min must also cover the image build and push.
-    release_timeout = reader.integer("releaseTimeoutSeconds", 60, MAX_RELEASE_TIMEOUT_SECONDS)
+    release_timeout = reader.integer("releaseTimeoutSeconds")
 
     aws_region = get("aws:region") or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
     if not aws_region:
         reader.fail("aws:region", "is required; run `pulumi config set aws:region eu-west-1`")
         aws_region = ""
-    elif not re.fullmatch(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d", aws_region):
+    elif not AWS_REGION_NAME.fullmatch(aws_region):
         reader.fail("aws:region", f"{aws_region!r} is not an AWS region name (e.g. eu-west-1)")
 
     api_key = get("heroku:apiKey")

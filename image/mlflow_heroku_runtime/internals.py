@@ -15,6 +15,7 @@ import importlib.util
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -203,6 +204,107 @@ def _check_forget_connection() -> None:
 
 
 # ----------------------------------------------------------------------------- gunicorn, uvicorn
+
+
+def arbiter_workers(server: Any) -> list[Any]:
+    """The workers gunicorn's master has forked and not yet reaped. Server hooks get the
+    Arbiter, whose attributes gunicorn does not document."""
+    return list(server.WORKERS.values())
+
+
+def arbiter_listeners(server: Any) -> list[Any]:
+    """The master's listening sockets, in --bind order (empty until they are bound)."""
+    return list(server.LISTENERS)
+
+
+def set_arbiter_worker_count(server: Any, count: int) -> None:
+    """Set how many workers gunicorn's master keeps (what SIGTTIN / SIGTTOU change)."""
+    server.num_workers = count
+
+
+@internal(
+    "gunicorn",
+    "gunicorn.arbiter.Arbiter.WORKERS, .LISTENERS, .num_workers",
+    "gunicorn's server hooks get its Arbiter, and only its attributes tell a hook the "
+    "workers, the listeners and the worker count",
+)
+def _check_arbiter() -> None:
+    from gunicorn.arbiter import Arbiter  # type: ignore[import-untyped]
+
+    assert isinstance(Arbiter.WORKERS, dict), "Arbiter.WORKERS is no longer a dict"
+    assert isinstance(Arbiter.LISTENERS, list), "Arbiter.LISTENERS is no longer a list"
+    count = Arbiter.__dict__.get("num_workers")
+    assert isinstance(count, property), "num_workers is not a property"
+    assert count.fset is not None, "num_workers is not settable"
+
+
+def serve_only(worker: Any, slot: int) -> None:
+    """Make a gunicorn worker serve only its slot's listener of those it inherited, as the
+    plain socket inside gunicorn's wrapper: uvloop takes that over and closes it once at
+    shutdown. Handed the wrapper, uvloop closed the descriptor and the wrapper then closed the
+    same number again, which would close whatever another thread had opened under it."""
+    worker.sockets = [worker.sockets[slot].sock]
+
+
+@internal(
+    "gunicorn",
+    "gunicorn.workers.base.Worker.sockets, gunicorn.sock.BaseSocket.sock",
+    "a worker's listeners are only reachable as its sockets attribute, each wrapping the "
+    "socket object as .sock",
+)
+def _check_worker_sockets() -> None:
+    from gunicorn.sock import BaseSocket  # type: ignore[import-untyped]
+    from gunicorn.workers.base import Worker  # type: ignore[import-untyped]
+
+    assert "self.sockets = sockets" in inspect.getsource(Worker.__init__), "Worker.sockets"
+    assert "self.sock = " in inspect.getsource(BaseSocket.__init__), "BaseSocket.sock"
+    assert "self.sockets" in inspect.getsource(Worker.init_process), "init_process"
+
+
+def uvicorn_worker_base(options: dict[str, Any]) -> type[Any]:
+    """uvicorn-worker's UvicornWorker with ``options`` for every worker's uvicorn Config (its
+    class attribute CONFIG_KWARGS, which uvicorn-worker does not document)."""
+    from uvicorn_worker import UvicornWorker
+
+    return type("ConfiguredUvicornWorker", (UvicornWorker,), {"CONFIG_KWARGS": dict(options)})
+
+
+@internal(
+    "uvicorn-worker",
+    "uvicorn_worker.UvicornWorker.CONFIG_KWARGS",
+    "the worker builds uvicorn's Config itself, and this class attribute is its only input",
+)
+def _check_uvicorn_worker_config_kwargs() -> None:
+    from uvicorn_worker import UvicornWorker
+
+    assert isinstance(UvicornWorker.CONFIG_KWARGS, dict), "CONFIG_KWARGS is not a dict"
+    source = inspect.getsource(UvicornWorker.__init__)
+    assert "config_kwargs.update(self.CONFIG_KWARGS)" in source, "CONFIG_KWARGS is not applied"
+
+
+def mlflow_uvicorn_log_config() -> str:
+    """The logging config `mlflow server` gives uvicorn (a YAML file inside MLflow's package),
+    found without importing MLflow."""
+    spec = importlib.util.find_spec("mlflow")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("MLflow is not installed: pip install mlflow")
+    path = Path(spec.origin).parent / "server" / "uvicorn_log_config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"MLflow's uvicorn logging config is not at {path}")
+    return str(path)
+
+
+@internal(
+    "mlflow",
+    "mlflow/server/uvicorn_log_config.yaml",
+    "`mlflow server` passes this file to uvicorn as --log-config, and no API returns its path",
+)
+def _check_mlflow_uvicorn_log_config() -> None:
+    import yaml  # type: ignore[import-untyped]
+
+    config = yaml.safe_load(Path(mlflow_uvicorn_log_config()).read_text())
+    assert {"uvicorn", "uvicorn.access"} <= set(config["loggers"]), "its loggers changed"
+
 
 # ----------------------------------------------------------------------------- Starlette
 

@@ -1,36 +1,16 @@
-"""Renders nginx.conf.j2 for one start of the stack."""
+"""Renders nginx.conf.j2 for one start of the stack, from the settings and what prepare chose."""
 
 from __future__ import annotations
 
 import base64
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import jinja2
 
-from .plan import UPSTREAM_IDLE_SECONDS
+from .plan import UPSTREAM_IDLE_SECONDS, Settings
 
 TEMPLATE_DIR = Path(__file__).parent
 MIME_TYPES = Path("/etc/nginx/mime.types")
-
-
-@dataclass(frozen=True)
-class NginxParams:
-    runtime_dir: Path
-    htpasswd_path: Path
-    port: int
-    mlflow_ports: list[int]  # one per MLflow worker (plan.Plan.mlflow_ports)
-    username: str
-    password: str
-    # From settings (their defaults live in settings.DEFAULTS only).
-    max_body_size: str
-    proxy_read_timeout: int
-    auth_failures_per_minute: int
-    listen_address: str = "0.0.0.0"  # noqa: S104 (a dyno must listen on all interfaces)
-    worker_processes: int = 1
-    error_log_level: str = "warn"
-    worker_user: str = ""  # only when started as root: "user group"
-    trust_forwarded_for: bool = True  # behind Heroku's router (DYNO set)
 
 
 def expected_authorization(username: str, password: str) -> str:
@@ -45,7 +25,14 @@ def expected_authorization_pattern(username: str, password: str) -> str:
     return "^" + expected_authorization(username, password).replace("+", "[+]") + "$"
 
 
-def render(params: NginxParams) -> str:
+def render(
+    settings: Settings,
+    *,
+    runtime_dir: Path,
+    htpasswd_path: Path,
+    mlflow_ports: list[int],  # one per MLflow worker (plan.Plan.mlflow_ports)
+    worker_user: str = "",  # only when started as root: "user group"
+) -> str:
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
         undefined=jinja2.StrictUndefined,
@@ -53,17 +40,18 @@ def render(params: NginxParams) -> str:
         keep_trailing_newline=True,
     )
     template = environment.get_template("nginx.conf.j2")
-    # Every field but the login itself, which enters only as its Authorization header value.
-    fields = {
-        name: value
-        for name, value in asdict(params).items()
-        if name not in ("username", "password")
-    }
+    # The login enters only as its Authorization header value, never as itself.
     return template.render(
-        **fields,
+        settings=settings,
+        runtime_dir=runtime_dir,
+        htpasswd_path=htpasswd_path,
+        mlflow_ports=mlflow_ports,
+        worker_user=worker_user,
         expected_authorization_pattern=expected_authorization_pattern(
-            params.username, params.password
+            settings.username, settings.password
         ),
         upstream_idle_seconds=UPSTREAM_IDLE_SECONDS,
         mime_types=MIME_TYPES,
+        worker_processes=1,
+        error_log_level="warn",
     )

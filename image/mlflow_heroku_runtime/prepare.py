@@ -19,10 +19,9 @@ from pathlib import Path
 from . import nginx_config
 from .errors import ConfigError
 from .htpasswd import write_htpasswd
-from .plan import Plan, argument_parser
-from .settings import Settings, generate_local_password, load_settings, reachable_address
+from .plan import LOOPBACK, Plan, argument_parser, listen_problem
+from .settings import Settings, generate_local_password, load_settings
 
-LOOPBACK = "127.0.0.1"
 CONFIG_ERROR_EXIT = 2
 
 
@@ -66,24 +65,18 @@ def write_nginx_files(settings: Settings, runtime_dir: Path, mlflow_ports: list[
         os.chown(htpasswd_path, nobody.pw_uid, nobody.pw_gid)
         runtime_dir.chmod(0o711)
         worker_user = f"nobody {grp.getgrgid(nobody.pw_gid).gr_name}"
-    params = nginx_config.NginxParams(
-        runtime_dir=runtime_dir,
-        htpasswd_path=htpasswd_path,
-        port=settings.port,
-        mlflow_ports=mlflow_ports,
-        username=settings.username,
-        password=settings.password,
-        max_body_size=settings.max_body_size,
-        proxy_read_timeout=settings.proxy_read_timeout,
-        auth_failures_per_minute=settings.auth_failures_per_minute,
-        listen_address=settings.listen_address,
-        worker_user=worker_user,
-        trust_forwarded_for=settings.behind_heroku_router,
-    )
     config_path = runtime_dir / "nginx.conf"
     descriptor = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as handle:
-        handle.write(nginx_config.render(params))
+        handle.write(
+            nginx_config.render(
+                settings,
+                runtime_dir=runtime_dir,
+                htpasswd_path=htpasswd_path,
+                mlflow_ports=mlflow_ports,
+                worker_user=worker_user,
+            )
+        )
     return config_path
 
 
@@ -104,6 +97,11 @@ def main(argv: Sequence[str]) -> int:
             data_dir=data_dir,
             generate_password=password_source,
         )
+        # Before anything exists: nginx would otherwise retry the bind, log it five times and
+        # exit, and the supervisor could only report nginx's exit.
+        problem = listen_problem(settings)
+        if problem is not None:
+            raise ConfigError([problem])
     except ConfigError as error:
         for problem in error.problems:
             print(f"entrypoint: configuration error: {problem}", file=sys.stderr)
@@ -112,22 +110,10 @@ def main(argv: Sequence[str]) -> int:
     mlflow_ports = free_loopback_ports(settings.workers, avoid=settings.port)
     config_path = write_nginx_files(settings, runtime_dir, mlflow_ports)
     plan = Plan(
+        settings=settings,
         runtime_dir=str(runtime_dir),
         nginx_config=str(config_path),
-        port=settings.port,
         mlflow_ports=mlflow_ports,
-        backend_store_uri=settings.backend_store_uri,
-        database_description=settings.database_description,
-        artifacts_destination=settings.artifacts_destination,
-        workers=settings.workers,
-        db_wait_seconds=settings.db_wait_seconds,
-        local=settings.local,
-        username=settings.username,
-        password=settings.password,
-        mlflow_env=settings.mlflow_env,
-        nginx_preload=settings.nginx_preload,
-        nginx_reachable_at=reachable_address(settings.listen_address),
-        secrets=list(settings.secrets),
     )
     sys.stdout.write(plan.to_json())
     return 0

@@ -1,6 +1,7 @@
 """The environment contract: every variable read, validated with its own message.
 
-``load_settings(environ, local=...)`` returns ``Settings`` or raises ``ConfigError`` with
+``load_settings(environ, local=...)`` returns ``Settings`` (defined in the light plan.py, for
+the supervisor) or raises ``ConfigError`` with
 one line per bad variable (naming it and the fix, never echoing a secret).
 """
 
@@ -11,14 +12,15 @@ import re
 import secrets
 import urllib.parse
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from .database_url import to_sqlalchemy_url
 from .errors import ConfigError
 from .htpasswd import BCRYPT_MAX_PASSWORD_BYTES
+from .plan import LOCAL_PORT, Settings, reachable_address
 
-LOCAL_PORT = 8080
+__all__ = ["DEFAULTS", "Settings", "generate_local_password", "load_settings", "reachable_address"]
+
 LOCAL_USERNAME = "mlflow"
 MIN_PASSWORD_LENGTH = 8
 S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -27,35 +29,11 @@ NGINX_SIZE = re.compile(r"^(\d+)([kKmMgG]?)$")
 SIZE_FACTORS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 # S3's largest object; also far below what nginx can represent (a larger value stops nginx).
 MAX_BODY_BYTES = 5 * 1024**4
-ONE_GB = 1024**3
+MIN_BODY_BYTES = SIZE_FACTORS["g"]  # artifacts of 1 GB must fit
+MAX_DB_POOL = 50  # pool size and max overflow, each
 # Where the image puts the LD_PRELOAD library that makes nginx stop gracefully on SIGTERM
 # (image/nginx_graceful_term.c; MLFLOW_HEROKU_NGINX_PRELOAD overrides it).
 DEFAULT_NGINX_PRELOAD = Path("/usr/local/lib/mlflow-heroku/nginx_graceful_term.so")
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Everything the supervisor needs, already validated."""
-
-    port: int
-    backend_store_uri: str  # SQLAlchemy URL string, password included: never log it
-    database_description: str  # host:port/db, safe to log
-    artifacts_destination: str  # s3://bucket/prefix or a local folder
-    username: str
-    password: str
-    workers: int
-    pool_size: int
-    max_overflow: int
-    db_wait_seconds: int
-    max_body_size: str
-    proxy_read_timeout: int
-    auth_failures_per_minute: int
-    listen_address: str  # where nginx binds $PORT: all interfaces on a dyno, loopback locally
-    nginx_preload: str | None = None  # LD_PRELOAD for nginx (graceful SIGTERM), if present
-    mlflow_env: dict[str, str] = field(default_factory=dict)  # extra env for MLflow children
-    local: bool = False
-    behind_heroku_router: bool = False  # DYNO is set: X-Forwarded-For's last entry is real
-    secrets: tuple[str, ...] = ()  # every secret value, for redaction of child output
 
 
 # Variables the settings pass on to MLflow unchanged when the user sets them.
@@ -76,15 +54,15 @@ MLFLOW_PASSTHROUGH = (
     "AWS_REGION",
 )
 
-# Defaults sized for a 512 MB dyno and a small Postgres plan (essential-0: 20 connections).
-# Two workers forked from one import fit 512 MB (docs/benchmark.md: ~380 MB at the peak of 16
-# clients uploading artifacts); each holds at most 2 stores x (pool + overflow) = 8 connections.
+# Defaults sized for a 512 MB dyno and a small Postgres plan (essential-0: 20 connections):
+# two workers forked from one import fit (docs/benchmark.md); each holds at most
+# 2 stores x (pool + overflow) connections.
 DEFAULTS = {
     "WEB_CONCURRENCY": "2",
     # Three tracking calls at once per worker (the pool size is the cap, flask_shortcut.py):
-    # with Heroku Postgres ~1 ms away a log-metric waits on ~8 round trips, and a third call
-    # per worker served ~35% more at 16 clients than two (docs/benchmark.md, "Tracking calls
-    # against a remote database"); the one overflow connection serves uncapped routes.
+    # Heroku Postgres is on another host, and a third call per worker served more than two
+    # (docs/benchmark.md, "Tracking calls against a remote database"); the one overflow
+    # connection serves uncapped routes.
     "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "3",
     "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "1",
     "MLFLOW_HEROKU_DB_WAIT_SECONDS": "40",
@@ -150,15 +128,6 @@ def _listen_address(collector: _Collector, environ: Mapping[str, str], local: bo
     return f"[{address}]" if address.version == 6 else str(address)
 
 
-def reachable_address(listen_address: str) -> str:
-    """Where the supervisor reaches nginx's $PORT: loopback of the same family when nginx binds
-    every interface (0.0.0.0, or [::], which nginx binds IPv6-only), else the address itself."""
-    address = ipaddress.ip_address(listen_address.strip("[]"))
-    if address.is_unspecified:
-        return "::1" if address.version == 6 else "127.0.0.1"
-    return str(address)
-
-
 def _nginx_preload(collector: _Collector, environ: Mapping[str, str]) -> str | None:
     """The graceful-SIGTERM library for nginx: the variable's file (which must exist),
     else the image's default path if present, else None (the supervisor warns)."""
@@ -198,10 +167,12 @@ def _body_size(collector: _Collector, raw: str) -> str:
         collector.problem(f"{name} must be a size like 1g, 2048m or 5g")
         return DEFAULTS[name]
     size = int(match.group(1)) * SIZE_FACTORS[match.group(2).lower()]
-    if size < ONE_GB:
-        collector.problem(f"{name} must be at least 1g so large artifacts fit")
+    if size < MIN_BODY_BYTES:
+        smallest = MIN_BODY_BYTES // SIZE_FACTORS["g"]
+        collector.problem(f"{name} must be at least {smallest}g so large artifacts fit")
     elif size > MAX_BODY_BYTES:
-        collector.problem(f"{name} must be at most 5120g (S3's largest object is 5 TiB)")
+        largest = MAX_BODY_BYTES // SIZE_FACTORS["g"]
+        collector.problem(f"{name} must be at most {largest}g (S3's largest object is 5 TiB)")
     return raw.strip().lower()
 
 
@@ -347,9 +318,9 @@ def load_settings(
     # Tuning knobs
     # Local mode keeps one worker unless asked: its SQLite file takes one writer at a time.
     workers = collector.integer("WEB_CONCURRENCY", 1, 16, "1" if local else None)
-    pool_size = collector.integer("MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", 1, 50)
+    pool_size = collector.integer("MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", 1, MAX_DB_POOL)
     # MLflow ignores 0 (falls back to SQLAlchemy's 10), so 0 is refused rather than misread.
-    max_overflow = collector.integer("MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW", 1, 50)
+    max_overflow = collector.integer("MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW", 1, MAX_DB_POOL)
     db_wait_seconds = collector.integer("MLFLOW_HEROKU_DB_WAIT_SECONDS", 0, 50)
     max_body_size = _body_size(
         collector,

@@ -1,4 +1,4 @@
-"""PID 1 of the dyno: starts nginx, migrates, runs MLflow under uvicorn, and supervises.
+"""PID 1 of the dyno: starts nginx, migrates, runs MLflow (uvicorn or gunicorn), supervises.
 
 Process layout (why: see docs/image.md)::
 
@@ -6,19 +6,27 @@ Process layout (why: see docs/image.md)::
     ├── python -m ...prepare            short-lived: validates the env, writes nginx's files
     ├── nginx master -> worker          binds $PORT at once; 503 until MLflow answers
     ├── python -m ...migrate            short-lived: waits for the DB, migrates, exits
-    └── python -m uvicorn mlflow_heroku_runtime.asgi:app  (MLflow's FastAPI app) on 127.0.0.1
-        or, for WEB_CONCURRENCY >= 2, python -m gunicorn --preload ... -> forked workers
+    └── python -m gunicorn mlflow_heroku_runtime.asgi:app   WEB_CONCURRENCY >= 2: imports
+        │                                                   MLflow once, on 127.0.0.1
+        └── $WEB_CONCURRENCY uvicorn workers forked from it (forked_workers.py)
+        or, for WEB_CONCURRENCY=1: python -m uvicorn mlflow_heroku_runtime.asgi:app
 
-Children's output goes through this process, which removes secrets from every line.
-Any child dying unexpectedly stops the others and exits non-zero, so Heroku restarts the
-dyno (a forked worker that dies is replaced by gunicorn's master instead); SIGTERM/SIGINT
-stop everything gracefully within STOP_GRACE_SECONDS.
+One event loop (``Supervisor.run``) does everything: it forwards children's output with
+secrets removed, dispatches the signals its handlers queue (a wake-up pipe in the same
+selector), notices children that exit, and moves through the phases of a start. Every end
+goes through ``Supervisor.stop``, which records and logs the reason once; the loop then stops
+the children gracefully within STOP_GRACE_SECONDS. A child dying unexpectedly stops the others
+and exits non-zero, so Heroku restarts the dyno (a forked worker that dies is replaced by
+gunicorn's master instead); SIGTERM/SIGINT are a clean stop.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import importlib.util
+import dataclasses
+import enum
+import errno
 import os
 import selectors
 import shutil
@@ -33,26 +41,29 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
+from .internals import mlflow_uvicorn_log_config
 from .migrate import MIGRATED_FLAG_VARIABLE, SUPERVISOR_PID_VARIABLE
 from .plan import (
     FORKED_WORKERS_VARIABLE,
-    MLFLOW_GRACEFUL_SECONDS,
-    UPSTREAM_IDLE_SECONDS,
+    LOOPBACK,
+    UVICORN_OPTIONS,
     Plan,
     argument_parser,
+    bind_error,
+    listen_problem,
 )
 
 RUNTIME_PACKAGE_DIR = Path(__file__).resolve().parent
-STOP_GRACE_SECONDS = 8.0  # Heroku allows 30 s; the brief promises everything gone within 10
+STOP_GRACE_SECONDS = 8.0  # inside Heroku's 30 s; the brief promises everything gone within 10
 # How long a child stopped by SIGTERM/SIGINT may precede our own copy of the signal (Heroku and
 # a terminal signal every process, in no set order) before its end counts as a failure.
 SIBLING_SIGNAL_SECONDS = 1.0
-# MLflow keeps an idle connection 10 s longer than nginx does (plan.UPSTREAM_IDLE_SECONDS).
-MLFLOW_IDLE_SECONDS = UPSTREAM_IDLE_SECONDS + 10
-LOOPBACK = "127.0.0.1"
+NGINX_START_SECONDS = 5.0
 CONFIG_ERROR_EXIT = 2
 CHILD_FAILED_EXIT = 1
 UPSTREAM_NOT_UP = b"connect() failed (111: Connection refused) while connecting to upstream"
+SIGNALS_KEY = "signals"  # the selector's key for the wake-up pipe
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class Redactor:
@@ -79,7 +90,7 @@ def port_accepts(address: str, port: int) -> bool:
 
 
 def mlflow_answers_health(port: int) -> bool:
-    """GET /health straight from uvicorn (200 means the app is imported and serving)."""
+    """GET /health straight from a worker (200 means the app is imported and serving)."""
     try:
         with socket.create_connection((LOOPBACK, port), 1) as sock:
             sock.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
@@ -88,26 +99,172 @@ def mlflow_answers_health(port: int) -> bool:
         return False
 
 
+class Phase(enum.Enum):
+    NGINX_STARTING = "nginx starting"
+    MIGRATING = "migrating"  # MLflow imports meanwhile and waits for the flag file
+    SERVING = "serving"  # migrated; "ready" once every worker answers /health
+
+
+@dataclasses.dataclass(frozen=True)
+class Stop:
+    reason: str
+    code: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SuspectedStop:
+    """A child ended as if Heroku or a terminal had signalled every process; unless our own
+    signal arrives by ``until``, it was a failure after all."""
+
+    until: float
+    failure: str
+
+
 class Supervisor:
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
+        self.settings = plan.settings
         self.runtime_dir = Path(plan.runtime_dir)
-        self.redact = Redactor(plan.secrets)
+        self.redact = Redactor(self.settings.secrets)
         self.selector = selectors.DefaultSelector()
         self.partial: dict[int, bytes] = {}
         self.children: dict[str, subprocess.Popen[bytes]] = {}
-        self.stop_signal: int | None = None
-        self.mlflow_ports = plan.mlflow_ports
+        self.seen_exit: set[str] = set()
+        self.signals: collections.deque[int] = collections.deque()
         self.migrated_flag = self.runtime_dir / "migrated"
+        self.phase = Phase.NGINX_STARTING
         self.mlflow_ready = False
+        self.started = time.monotonic()
+        self.suspected: SuspectedStop | None = None
+        self.stopping: Stop | None = None
+
+    # ----------------------------------------------------------------- the loop
+
+    def run(self) -> int:
+        try:
+            self.install_signal_handlers()
+            become_subreaper()
+            self.start_nginx()
+            while self.stopping is None:
+                self.pump(self.tick())
+                self.dispatch_signals()
+                self.check_children()
+                self.advance()
+        except FileNotFoundError as error:  # nginx missing: say so, without a traceback
+            self.stop(str(error), CHILD_FAILED_EXIT)
+        except BaseException:
+            # Whatever went wrong here, never leave nginx or MLflow behind.
+            self.stop("the supervisor failed (traceback below); stopping the rest", 1)
+            self.shutdown()
+            raise
+        return self.shutdown()
+
+    def stop(self, reason: str, code: int) -> None:
+        """The one way to end: the first reason is kept and logged, later ones are moot."""
+        if self.stopping is not None:
+            return
+        if code != 0:
+            self.drain()  # a dead child's last words before ours
+        self.stopping = Stop(reason, code)
+        log(reason)
+
+    def tick(self) -> float:
+        """How long the loop may wait for output, a signal or a child's exit (SIGCHLD)."""
+        if self.phase is Phase.NGINX_STARTING:
+            return 0.02
+        if self.suspected is not None or not self.mlflow_ready:
+            return 0.05
+        return 1.0
+
+    def dispatch_signals(self) -> None:
+        while self.signals:
+            signum = self.signals.popleft()
+            if signum in STOP_SIGNALS:
+                self.stop(f"received {signal.Signals(signum).name}; stopping gracefully", 0)
+        if self.suspected is not None and time.monotonic() >= self.suspected.until:
+            self.stop(self.suspected.failure, CHILD_FAILED_EXIT)
+
+    def check_children(self) -> None:
+        for name, process in self.children.items():
+            code = process.poll()
+            if code is None or name in self.seen_exit:
+                continue
+            self.seen_exit.add(name)
+            if name == "migrate" and code == 0:
+                self.migrated_flag.touch()  # MLflow's import has waited for this (asgi.py)
+                self.phase = Phase.SERVING
+                continue
+            failure = self.failure_message(name, code)
+            # nginx, uvicorn and gunicorn exit 0 on SIGTERM/SIGINT; migrate's 0 is a success.
+            stopped_by_signal = code in (0, -signal.SIGTERM, -signal.SIGINT)
+            if self.suspected is not None:
+                if not stopped_by_signal:  # if no signal comes, this is the failure to report
+                    self.suspected = dataclasses.replace(self.suspected, failure=failure)
+            elif stopped_by_signal:
+                self.suspected = SuspectedStop(time.monotonic() + SIBLING_SIGNAL_SECONDS, failure)
+            else:
+                self.stop(failure, CHILD_FAILED_EXIT)
+
+    def failure_message(self, name: str, code: int) -> str:
+        if name == "nginx" and self.phase is Phase.NGINX_STARTING:
+            problem = listen_problem(self.settings)
+            if problem is not None:  # taken after prepare checked it
+                return f"nginx could not listen: {problem}"
+            return f"nginx did not start on port {self.settings.port}; see its messages above"
+        if name == "mlflow" and not self.mlflow_ready:
+            taken = [port for port in self.plan.mlflow_ports if port_taken(port)]
+            if taken:
+                return (
+                    f"MLflow could not listen on {LOOPBACK}:{taken[0]}: another program took "
+                    "that port after it was chosen; start again (the ports are chosen anew)"
+                )
+        if name == "migrate":
+            return f"database migration failed (exit {code}); stopping"
+        if self.phase is Phase.MIGRATING:
+            return f"{name} exited unexpectedly during the migration; stopping the rest"
+        return f"{name} exited unexpectedly (exit {code}); stopping the rest"
+
+    def advance(self) -> None:
+        """Move on when the phase's condition holds (the loop calls this every turn)."""
+        if self.stopping is not None or self.suspected is not None:
+            return
+        if self.phase is Phase.NGINX_STARTING:
+            if port_accepts(self.settings.nginx_reachable_at, self.settings.port):
+                log(
+                    f"nginx listening on port {self.settings.port} after "
+                    f"{time.monotonic() - self.started:.2f} s; answering 503 until MLflow is "
+                    "ready"
+                )
+                self.start_mlflow()
+            elif time.monotonic() - self.started > NGINX_START_SECONDS:
+                self.stop(self.failure_message("nginx", 0), CHILD_FAILED_EXIT)
+        elif (
+            self.phase is Phase.SERVING
+            and not self.mlflow_ready
+            and all(map(mlflow_answers_health, self.plan.mlflow_ports))
+        ):
+            self.mlflow_ready = True
+            log(f"MLflow ready after {time.monotonic() - self.started:.1f} s")
+            if self.settings.local:
+                self.announce_local()
 
     # ----------------------------------------------------------------- signals and output
 
-    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        if self.stop_signal is None:
-            self.stop_signal = signum
+    def install_signal_handlers(self) -> None:
+        """Handlers only queue the signal; the wake-up pipe, watched by the same selector as
+        the children's output, makes the loop turn at once (SIGCHLD: a child exited)."""
+        wake_read, wake_write = os.pipe()
+        for descriptor in (wake_read, wake_write):
+            os.set_blocking(descriptor, False)
+        signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
+        self.selector.register(wake_read, selectors.EVENT_READ, SIGNALS_KEY)
+        for signum in (*STOP_SIGNALS, signal.SIGCHLD):
+            signal.signal(signum, self._queue_signal)
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def _queue_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.signals.append(signum)
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
         process = subprocess.Popen(
             argv,
             env=env,
@@ -120,15 +277,14 @@ class Supervisor:
         os.set_blocking(process.stdout.fileno(), False)
         self.selector.register(process.stdout, selectors.EVENT_READ, name)
         self.children[name] = process
-        return process
 
-    def _pump(self, timeout: float) -> None:
+    def pump(self, timeout: float) -> None:
         """Forward children's output (redacted, whole lines) for up to timeout seconds."""
-        try:
-            events = self.selector.select(timeout)
-        except InterruptedError:
-            return
-        for key, _mask in events:
+        for key, _mask in self.selector.select(timeout):
+            if key.data == SIGNALS_KEY:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(key.fd, 4096)  # the handlers queued the signals themselves
+                continue
             stream: IO[bytes] = key.fileobj  # type: ignore[assignment]
             try:
                 chunk = stream.read(65536)
@@ -162,30 +318,37 @@ class Supervisor:
             sys.stdout.write("\n".join(kept) + "\n")
             sys.stdout.flush()
 
-    # ----------------------------------------------------------------- environment
+    def drain(self, budget: float = 0.5) -> None:
+        """Forward output still waiting in the pipes (e.g. a dead child's last words)."""
+        deadline = time.monotonic() + budget
+        while time.monotonic() < deadline and self.selector.select(0.02):
+            self.pump(0)
+
+    # ----------------------------------------------------------------- children
 
     def child_env(self) -> dict[str, str]:
         """Environment for MLflow children: what the `mlflow server` CLI would set."""
+        settings = self.settings
         env = {
             key: value
             for key, value in os.environ.items()
             # Children never need the login or the raw add-on URL.
             if key not in ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_USERNAME", "DATABASE_URL")
         }
-        env.update(self.plan.mlflow_env)
+        env.update(settings.mlflow_env)
         env.update(
             {
-                "_MLFLOW_SERVER_FILE_STORE": self.plan.backend_store_uri,
-                "_MLFLOW_SERVER_REGISTRY_STORE": self.plan.backend_store_uri,
+                "_MLFLOW_SERVER_FILE_STORE": settings.backend_store_uri,
+                "_MLFLOW_SERVER_REGISTRY_STORE": settings.backend_store_uri,
                 "_MLFLOW_SERVER_ARTIFACT_ROOT": "mlflow-artifacts:/",
                 "_MLFLOW_SERVER_SERVE_ARTIFACTS": "true",
-                "_MLFLOW_SERVER_ARTIFACT_DESTINATION": self.plan.artifacts_destination,
+                "_MLFLOW_SERVER_ARTIFACT_DESTINATION": settings.artifacts_destination,
                 "_MLFLOW_SERVER_BOOT_ID": uuid.uuid4().hex,
                 "_MLFLOW_IN_JOB_EXECUTOR": "false",
                 "_MLFLOW_SGI_NAME": "uvicorn",
                 "MLFLOW_ENABLE_WORKSPACES": env.get("MLFLOW_ENABLE_WORKSPACES", "false"),
-                "_MLFLOW_HEROKU_DB_DESCRIPTION": self.plan.database_description,
-                "MLFLOW_HEROKU_DB_WAIT_SECONDS": str(self.plan.db_wait_seconds),
+                "_MLFLOW_HEROKU_DB_DESCRIPTION": settings.database_description,
+                "MLFLOW_HEROKU_DB_WAIT_SECONDS": str(settings.db_wait_seconds),
                 MIGRATED_FLAG_VARIABLE: str(self.migrated_flag),
                 SUPERVISOR_PID_VARIABLE: str(os.getpid()),
                 "PYTHONPATH": os.pathsep.join(
@@ -194,11 +357,9 @@ class Supervisor:
                 "PYTHONUNBUFFERED": "1",
             }
         )
-        if self.plan.workers > 1:
+        if settings.workers > 1:
             env[FORKED_WORKERS_VARIABLE] = "1"
         return env
-
-    # ----------------------------------------------------------------- lifecycle
 
     def start_nginx(self) -> None:
         nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
@@ -208,205 +369,72 @@ class Supervisor:
         self._spawn(
             "nginx",
             [nginx, "-e", "stderr", "-p", str(self.runtime_dir), "-c", self.plan.nginx_config],
-            nginx_env(self.plan.nginx_preload),
+            nginx_env(self.settings.nginx_preload),
         )
 
-    def wait_for(self, name: str) -> bool:
-        """Pump output until child ``name`` exits (True) or a stop/failure happens (False)."""
-        process = self.children[name]
-        while process.poll() is None:
-            if self.stop_signal is not None or self.failed_child() not in (None, name):
-                return False
-            self._pump(0.1)
-        return True
-
-    def stop_on_signal(self) -> int:
-        assert self.stop_signal is not None
-        log(f"received {signal.Signals(self.stop_signal).name}; stopping")
-        return self.shutdown(0)
-
-    def await_own_signal(self, ended: subprocess.Popen[bytes]) -> None:
-        """A child that died of SIGTERM/SIGINT, or stopped cleanly (nginx and uvicorn exit 0 on
-        them), was most likely signalled with every process (Heroku's stop, Ctrl-C), in no set
-        order: give our own copy of the signal a moment to arrive, so that the stop is not
-        taken for a failure."""
-        if ended.returncode not in (0, -signal.SIGTERM, -signal.SIGINT):
-            return
-        grace_ends = time.monotonic() + SIBLING_SIGNAL_SECONDS
-        while self.stop_signal is None and time.monotonic() < grace_ends:
-            self._pump(0.05)
-
-    def failed_child(self) -> str | None:
-        """The name of the first long-running child that has exited, if any."""
-        for name in ("nginx", "mlflow"):
-            process = self.children.get(name)
-            if process is not None and process.poll() is not None:
-                return name
-        return None
-
-    def run(self) -> int:
-        try:
-            return self._run()
-        except BaseException:
-            # Whatever went wrong here, never leave nginx or MLflow behind.
-            self.shutdown(CHILD_FAILED_EXIT)
-            raise
-
-    def _run(self) -> int:
-        become_subreaper()
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
-        started = time.monotonic()
-        self.start_nginx()
-        deadline = time.monotonic() + 5
-        nginx = self.children["nginx"]
-        while not port_accepts(self.plan.nginx_reachable_at, self.plan.port):
-            self._pump(0.02)
-            if nginx.poll() is not None:
-                self.await_own_signal(nginx)
-            if self.stop_signal is not None:
-                return self.stop_on_signal()
-            if nginx.poll() is not None or time.monotonic() > deadline:
-                self._drain()
-                log(f"nginx did not start on port {self.plan.port}; see its messages above")
-                return self.shutdown(CHILD_FAILED_EXIT)
-        log(
-            f"nginx listening on port {self.plan.port} after "
-            f"{time.monotonic() - started:.2f} s; answering 503 until MLflow is ready"
-        )
-
+    def start_mlflow(self) -> None:
+        """migrate and MLflow at once: MLflow's import overlaps the migration, and asgi.py
+        holds the app back until the flag file exists, so it never serves an unmigrated
+        database."""
         env = self.child_env()
-        log(f"migrating the database ({self.plan.database_description})")
-        migrate = self._spawn(
-            "migrate", [sys.executable, "-m", "mlflow_heroku_runtime.migrate"], env
-        )
-        # MLflow's import (~4 s) overlaps the migration; asgi.py holds the app back until
-        # this flag file exists, so uvicorn never serves an unmigrated database.
+        log(f"migrating the database ({self.settings.database_description})")
+        self._spawn("migrate", [sys.executable, "-m", "mlflow_heroku_runtime.migrate"], env)
         self._spawn("mlflow", self.mlflow_argv(), env)
-        migrated = self.wait_for("migrate")
-        failed = self.failed_child()
-        if failed is not None:
-            self.await_own_signal(self.children[failed])
-        elif migrate.returncode != 0:  # migrate's 0 is success, never a stop
-            self.await_own_signal(migrate)
-        if self.stop_signal is not None:
-            return self.stop_on_signal()
-        if not migrated:
-            self._drain()
-            failed = self.failed_child()
-            log(f"{failed} exited unexpectedly during the migration; stopping the rest")
-            return self.shutdown(CHILD_FAILED_EXIT)
-        self._drain()
-        if migrate.returncode != 0:
-            log(f"database migration failed (exit {migrate.returncode}); stopping")
-            return self.shutdown(CHILD_FAILED_EXIT)
-        self.migrated_flag.touch()
-
-        ready = False
-        while True:
-            if self.stop_signal is not None:
-                log(f"received {signal.Signals(self.stop_signal).name}; stopping gracefully")
-                return self.shutdown(0)
-            failed = self.failed_child()
-            if failed is not None:
-                self._drain()
-                self.await_own_signal(self.children[failed])
-                if self.stop_signal is not None:
-                    # Heroku signalled every process and the child was quicker than us.
-                    continue
-                code = self.children[failed].returncode
-                log(f"{failed} exited unexpectedly (exit {code}); stopping the rest")
-                return self.shutdown(CHILD_FAILED_EXIT)
-            self._pump(0.1 if ready else 0.05)
-            if not ready and all(map(mlflow_answers_health, self.mlflow_ports)):
-                ready = self.mlflow_ready = True
-                log(f"MLflow ready after {time.monotonic() - started:.1f} s")
-                if self.plan.local:
-                    self.announce_local()
+        self.phase = Phase.MIGRATING
 
     def mlflow_argv(self) -> list[str]:
-        return self.uvicorn_argv() if self.plan.workers == 1 else self.gunicorn_argv()
+        """One worker: uvicorn alone, lighter than gunicorn's master plus one forked worker
+        (docs/image.md, "Workers"). Two or more: gunicorn imports MLflow once and forks them.
+        Both run on plan.UVICORN_OPTIONS and MLflow's logging config."""
+        return self.uvicorn_argv() if self.settings.workers == 1 else self.gunicorn_argv()
 
     def gunicorn_argv(self) -> list[str]:
-        """Two or more workers: gunicorn imports MLflow once and forks them (forked_workers.py).
-        uvicorn's --workers would spawn each to import MLflow on its own: 456 MB idle for two
-        against 330 (docs/benchmark.md)."""
+        """gunicorn's settings and the workers' are in forked_workers.py, read as gunicorn's
+        --config; only this start's values are here."""
         return [
             sys.executable,
             "-m",
             "gunicorn",
-            "--preload",
-            "--workers",
-            str(self.plan.workers),
-            "--worker-class",
-            "mlflow_heroku_runtime.forked_workers.MlflowWorker",
-            # One listener per worker, in slot order; each worker serves its own only.
-            *(f"--bind={LOOPBACK}:{port}" for port in self.mlflow_ports),
-            "--config",  # for its pre_fork hook, which hands each worker a free slot
+            "--config",
             "python:mlflow_heroku_runtime.forked_workers",
-            "--graceful-timeout",
-            str(MLFLOW_GRACEFUL_SECONDS),
-            "--keep-alive",
-            str(MLFLOW_IDLE_SECONDS),
-            # Its heartbeat files and no control socket (gunicorn 26 opens one in $HOME): the
-            # image's only writable place is the runtime directory.
+            "--workers",
+            str(self.settings.workers),
+            # One listener per worker, in slot order; each worker serves its own only.
+            *(f"--bind={LOOPBACK}:{port}" for port in self.plan.mlflow_ports),
+            # Its heartbeat files: the image's only writable place is the runtime directory.
             "--worker-tmp-dir",
             str(self.runtime_dir),
-            "--no-control-socket",
             "mlflow_heroku_runtime.asgi:app",
         ]
 
     def uvicorn_argv(self) -> list[str]:
-        spec = importlib.util.find_spec("mlflow")  # locates the package without importing it
-        argv = [
+        options = {**UVICORN_OPTIONS, "log_config": mlflow_uvicorn_log_config()}
+        return [
             sys.executable,
             "-m",
             "uvicorn",
             "--host",
             LOOPBACK,
             "--port",
-            str(self.mlflow_ports[0]),
-            # By name, so a missing one stops the start instead of uvicorn silently falling
-            # back to asyncio + h11: what runs is what the benchmark measured.
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
-            "--timeout-graceful-shutdown",
-            str(MLFLOW_GRACEFUL_SECONDS),
-            "--timeout-keep-alive",
-            str(MLFLOW_IDLE_SECONDS),
-            "--no-access-log",  # nginx logs every request already
-            "--no-server-header",
+            str(self.plan.mlflow_ports[0]),
+            *uvicorn_command_line(options),
+            "mlflow_heroku_runtime.asgi:app",
         ]
-        if spec is not None and spec.origin is not None:
-            log_config = Path(spec.origin).parent / "server" / "uvicorn_log_config.yaml"
-            if log_config.exists():
-                argv += ["--log-config", str(log_config)]
-        # MLflow's FastAPI app, wrapped so database errors never reach clients verbatim.
-        return [*argv, "mlflow_heroku_runtime.asgi:app"]
 
     def announce_local(self) -> None:
         # Deliberately not redacted: local mode prints its generated login once per start.
         print(
-            f"\nMLflow is running at http://{LOOPBACK}:{self.plan.port}\n"
-            f"  user:     {self.plan.username}\n"
-            f"  password: {self.plan.password}\n"
+            f"\nMLflow is running at http://{LOOPBACK}:{self.settings.port}\n"
+            f"  user:     {self.settings.username}\n"
+            f"  password: {self.settings.password}\n"
             "Press Ctrl-C to stop.\n",
             flush=True,
         )
 
-    def _drain(self, budget: float = 0.5) -> None:
-        """Forward output still waiting in the pipes (e.g. a dead child's last words)."""
-        deadline = time.monotonic() + budget
-        while self.selector.get_map() and time.monotonic() < deadline:
-            if not self.selector.select(0.02):
-                return
-            self._pump(0)
-
-    def shutdown(self, code: int) -> int:
-        """Graceful stop: nginx finishes in-flight requests (SIGQUIT), uvicorn drains
+    def shutdown(self) -> int:
+        """Graceful stop: nginx finishes in-flight requests (SIGQUIT), MLflow drains
         (SIGTERM); anything left after STOP_GRACE_SECONDS is killed."""
+        code = self.stopping.code if self.stopping is not None else CHILD_FAILED_EXIT
         signals = {"nginx": signal.SIGQUIT, "mlflow": signal.SIGTERM, "migrate": signal.SIGTERM}
         for name, process in self.children.items():
             if process.poll() is None:
@@ -416,16 +444,35 @@ class Supervisor:
         while time.monotonic() < deadline and any(
             process.poll() is None for process in self.children.values()
         ):
-            self._pump(0.05)
+            self.pump(0.05)
         for name, process in self.children.items():
             if process.poll() is None:
                 log(f"{name} did not stop within {STOP_GRACE_SECONDS:.0f} s; killing it")
                 kill_tree(process.pid)
                 process.wait(5)
-        kill_tree(os.getpid(), include_root=False)  # e.g. uvicorn or nginx workers left
-        self._drain()
+        kill_tree(os.getpid(), include_root=False)  # e.g. MLflow's or nginx's workers left
+        self.drain()
         log(f"stopped (exit {code})")
         return code
+
+
+def uvicorn_command_line(options: dict[str, str | int | bool]) -> list[str]:
+    """uvicorn.Config keywords as uvicorn's command-line options (its click options are named
+    after them: timeout_keep_alive is --timeout-keep-alive, access_log=False --no-access-log)."""
+    argv: list[str] = []
+    for name, value in options.items():
+        flag = name.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(f"--{flag}" if value else f"--no-{flag}")
+        else:
+            argv += [f"--{flag}", str(value)]
+    return argv
+
+
+def port_taken(port: int) -> bool:
+    """Another program listens on 127.0.0.1:port (checked once MLflow is gone)."""
+    error = bind_error(LOOPBACK, port)
+    return error is not None and error.errno == errno.EADDRINUSE
 
 
 def nginx_env(preload: str | None) -> dict[str, str]:
@@ -446,7 +493,7 @@ def nginx_env(preload: str | None) -> dict[str, str]:
 
 
 def become_subreaper() -> None:
-    """Adopt orphaned grandchildren (an nginx worker whose master died, a uvicorn worker),
+    """Adopt orphaned grandchildren (an nginx worker whose master died, a forked worker),
     so kill_tree still finds them; PID 1 in a container is the reaper anyway."""
     if sys.platform != "linux":
         return
@@ -507,8 +554,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code if code > 0 else CHILD_FAILED_EXIT
     try:
         return Supervisor(plan).run()
-    except FileNotFoundError as error:
-        log(str(error))
-        return CHILD_FAILED_EXIT
     finally:
         shutil.rmtree(plan.runtime_dir, ignore_errors=True)

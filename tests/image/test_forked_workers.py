@@ -70,3 +70,20 @@ def test_the_forked_worker_count_stays_one_per_port() -> None:
     assert "keeping 3 workers, one per port" in warnings[0]
     arbiter.num_workers = 0  # stopping
     assert arbiter.num_workers == 0
+
+
+def test_the_gunicorn_and_uvicorn_internals_we_use_are_as_expected() -> None:
+    """The checks of internals.py's "gunicorn, uvicorn" section pass on the installed
+    versions (tests/image/test_internals.py runs every section's)."""
+    from mlflow_heroku_runtime import forked_workers, internals
+
+    ours = {
+        internals._check_arbiter,
+        internals._check_worker_sockets,
+        internals._check_uvicorn_worker_config_kwargs,
+        internals._check_mlflow_uvicorn_log_config,
+    }
+    assert ours <= {entry.check for entry in internals.INTERNALS}
+    for check in ours:
+        check()
+    assert forked_workers.MlflowWorker.CONFIG_KWARGS["loop"] == "uvloop"

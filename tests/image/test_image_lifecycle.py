@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -27,6 +28,7 @@ from tests.support.services import (
     free_port,
     heroku_env,
     mlflow_pid_of,
+    mlflow_ports_of,
     start_stack,
     wait_for_port,
 )
@@ -277,7 +279,7 @@ def test_nginx_death_stops_everything(postgres: PostgresCluster, s3: S3Server) -
     stack = start_stack(env, wait_ready=False)
     try:
         assert wait_for_port(stack.port, 10), stack.output()
-        # ~0.25 s on a quiet machine; generous here because CI shares two cores.
+        # Generous: CI shares two cores (docs/image.md, "Measured").
         assert time.monotonic() - launched < 3
         masters = [
             pid
@@ -465,6 +467,86 @@ def test_local_mode_refused_on_a_dyno(s3: S3Server) -> None:
         code, _seconds = wait_exit(stack, 30)
         assert code == 2
         assert "--local is refused on a Heroku dyno" in stack.output()
+    finally:
+        stack.stop()
+
+
+@pytest.mark.parametrize("mode", ["local", "dyno"])
+def test_a_taken_port_stops_the_start_with_one_line(tmp_path: Path, mode: str) -> None:
+    """Another program listens on the port nginx would bind: one configuration-error line
+    naming the address and the fix, exit 2 at once; nginx never starts (no bind() retries in
+    the output), no runtime directory is created and no process is left."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        if mode == "local":
+            args = ["--local", "--port", str(port), "--data-dir", str(tmp_path / "data")]
+            env = {"TMPDIR": str(scratch)}
+            fix = "pass --port N for another port"
+        else:
+            args = []
+            env = {
+                **heroku_env(port=port, database_url="postgres://u:pw@db.example.com/d", s3=None),
+                "S3_URI": "s3://bucket/prefix",
+                "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
+                "AWS_SECRET_ACCESS_KEY": "secret-example",
+                "TMPDIR": str(scratch),
+            }
+            fix = "another process in this dyno took $PORT"
+        stack = start_stack(env, args=args, wait_ready=False, port=port)
+        try:
+            code, seconds = wait_exit(stack, 30)
+            output = stack.output()
+            assert code == 2, output
+            assert seconds < 10
+            lines = [line for line in output.splitlines() if line.strip()]
+            assert len(lines) == 1, output
+            assert lines[0].startswith(
+                f"entrypoint: configuration error: 127.0.0.1:{port} is already in use: "
+            ), output
+            assert fix in lines[0]
+            assert list(scratch.iterdir()) == []
+            assert group_members(stack.process.pid) == []
+        finally:
+            stack.stop()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_worker_port_taken_before_mlflow_binds_it_is_named(tmp_path: Path, workers: int) -> None:
+    """prepare chooses MLflow's loopback ports; MLflow binds them only after its import and
+    the migration. A program that takes one in between stops the start with a line naming
+    the port (not "MLflow exited unexpectedly"), exit 1, nothing left behind."""
+    port = free_port()
+    stack = start_stack(
+        {"WEB_CONCURRENCY": str(workers)},
+        args=["--local", "--port", str(port)],
+        cwd=tmp_path,
+        wait_ready=False,
+        port=port,
+    )
+    try:
+        ports: list[int] = []
+        deadline = time.monotonic() + 15
+        while not ports and time.monotonic() < deadline and stack.process.poll() is None:
+            with contextlib.suppress(AssertionError):
+                ports = mlflow_ports_of(stack)
+            time.sleep(0.02)
+        assert len(ports) == workers, stack.output()
+        with socket.socket() as other:
+            other.bind(("127.0.0.1", ports[-1]))  # before MLflow's import has finished
+            other.listen()
+            code, _seconds = wait_exit(stack, 60)
+            output = stack.output()
+        assert code == 1, output[-3000:]
+        assert (
+            f"entrypoint: MLflow could not listen on 127.0.0.1:{ports[-1]}: another program "
+            "took that port after it was chosen"
+        ) in output, output[-3000:]
+        assert "exited unexpectedly" not in output
+        assert group_members(stack.process.pid) == []
     finally:
         stack.stop()
 

@@ -52,6 +52,34 @@ def _break_handlers_cache(name: str) -> Callable[[pytest.MonkeyPatch], None]:
     return breaker
 
 
+def _break_arbiter(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gunicorn.arbiter import Arbiter  # type: ignore[import-untyped]
+
+    monkeypatch.delattr(Arbiter, "WORKERS")
+
+
+def _break_worker_sockets(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gunicorn.workers.base import Worker  # type: ignore[import-untyped]
+
+    def init_keeping_listeners_elsewhere(self: object, *args: object) -> None:
+        pass
+
+    monkeypatch.setattr(Worker, "__init__", init_keeping_listeners_elsewhere)
+
+
+def _break_uvicorn_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    from uvicorn_worker import UvicornWorker
+
+    monkeypatch.delattr(UvicornWorker, "CONFIG_KWARGS")
+
+
+def _break_uvicorn_log_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    def moved() -> str:
+        raise FileNotFoundError("MLflow's uvicorn logging config is not at the old path")
+
+    monkeypatch.setattr(internals, "mlflow_uvicorn_log_config", moved)
+
+
 # How an upgrade could break each entry. Every registered entry needs one (see the test below):
 # a check that cannot fail proves nothing.
 BREAKERS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
@@ -65,6 +93,10 @@ BREAKERS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "mlflow.db.upgrade.callback (the body of `mlflow db upgrade URL`)": _break_upgrade_command,
     "ConnectionPoolEntry.dbapi_connection = None (reconnect at next checkout, old one "
     "untouched)": _break_forget_connection,
+    "gunicorn.arbiter.Arbiter.WORKERS, .LISTENERS, .num_workers": _break_arbiter,
+    "gunicorn.workers.base.Worker.sockets, gunicorn.sock.BaseSocket.sock": _break_worker_sockets,
+    "uvicorn_worker.UvicornWorker.CONFIG_KWARGS": _break_uvicorn_worker,
+    "mlflow/server/uvicorn_log_config.yaml": _break_uvicorn_log_config,
     "the text of starlette.middleware.wsgi's warning ('starlette.middleware.wsgi is "
     "deprecated'...)": lambda patch: patch.setattr(
         internals, "STARLETTE_WSGI_DEPRECATION", "starlette.middleware.wsgi is gone"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow_heroku_runtime import htpasswd, nginx_config
@@ -16,27 +18,35 @@ from mlflow_heroku_runtime.settings import DEFAULTS, load_settings
 from tests.image.runtime_values import GOOD_ENV, TRICKY_PASSWORDS
 
 
-def _params(
-    tmp_path: Path,
+def _render(
+    runtime_dir: Path,
     port: int = 5000,
-    password: str = "s3cret-pw",  # noqa: S107 (test login)
-) -> nginx_config.NginxParams:
-    return nginx_config.NginxParams(
-        runtime_dir=tmp_path,
-        htpasswd_path=tmp_path / "htpasswd",
-        port=port,
+    worker_user: str = "",
+    **changes: Any,
+) -> str:
+    """The config for alice (password s3cret-pw unless changed) on 127.0.0.1:port, MLflow's
+    one worker on port + 1, with the default settings otherwise."""
+    settings = dataclasses.replace(
+        load_settings(GOOD_ENV),
+        **{
+            "port": port,
+            "username": "alice",
+            "password": "s3cret-pw",
+            "listen_address": "127.0.0.1",
+            **changes,
+        },
+    )
+    return nginx_config.render(
+        settings,
+        runtime_dir=runtime_dir,
+        htpasswd_path=runtime_dir / "htpasswd",
         mlflow_ports=[port + 1],
-        username="alice",
-        password=password,
-        max_body_size="5g",
-        proxy_read_timeout=28,
-        auth_failures_per_minute=10,
-        listen_address="127.0.0.1",
+        worker_user=worker_user,
     )
 
 
 def test_rendered_config_has_what_heroku_needs(tmp_path: Path) -> None:
-    text = nginx_config.render(_params(tmp_path))
+    text = _render(tmp_path)
     assert "listen 127.0.0.1:5000 default_server;" in text
     assert "server 127.0.0.1:5001;" in text
     assert "daemon off;" in text
@@ -63,6 +73,7 @@ def test_rendered_config_has_what_heroku_needs(tmp_path: Path) -> None:
     ):
         assert directive in text
     assert "proxy_read_timeout 28s;" in text
+    assert "rate=10r/m;" in text  # MLFLOW_HEROKU_AUTH_FAILURES_PER_MINUTE's default
 
 
 def test_nginx_answers_a_slow_request_before_herokus_router_does() -> None:
@@ -140,10 +151,7 @@ def test_upstream_has_one_server_per_worker_and_keeps_connections(
 def test_rendered_config_passes_nginx_t(tmp_path: Path, max_body_size: str, username: str) -> None:
     htpasswd.write_htpasswd(tmp_path / "htpasswd", username, "s3cret-pw")
     config = tmp_path / "nginx.conf"
-    params = nginx_config.NginxParams(
-        **{**_params(tmp_path).__dict__, "max_body_size": max_body_size, "username": username}
-    )
-    config.write_text(nginx_config.render(params))
+    config.write_text(_render(tmp_path, max_body_size=max_body_size, username=username))
     assert_nginx_accepts(config, tmp_path)
 
 
@@ -163,17 +171,16 @@ def _nginx_with_login(password: str, htpasswd_password: str | None = None) -> It
     runtime = Path(tempfile.mkdtemp(prefix="htpasswd-nginx-"))
     try:
         port = free_port()
-        params = _params(runtime, port=port, password=password)
-        htpasswd.write_htpasswd(params.htpasswd_path, "alice", htpasswd_password or password)
+        htpasswd_path = runtime / "htpasswd"
+        htpasswd.write_htpasswd(htpasswd_path, "alice", htpasswd_password or password)
+        worker_user = ""
         if os.geteuid() == 0:  # as root, nginx workers run as nobody and must read the file
             nobody = pwd.getpwnam("nobody")
-            os.chown(params.htpasswd_path, nobody.pw_uid, nobody.pw_gid)
+            os.chown(htpasswd_path, nobody.pw_uid, nobody.pw_gid)
             runtime.chmod(0o711)
-            params = nginx_config.NginxParams(
-                **{**params.__dict__, "worker_user": "nobody nogroup"}
-            )
+            worker_user = "nobody nogroup"
         config = runtime / "nginx.conf"
-        config.write_text(nginx_config.render(params))
+        config.write_text(_render(runtime, port=port, worker_user=worker_user, password=password))
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         process = subprocess.Popen(
             [nginx, "-e", "stderr", "-p", str(runtime), "-c", str(config)],
@@ -237,13 +244,9 @@ def test_the_fast_path_matches_the_exact_header_only(password: str) -> None:
 
 
 def test_forwarded_for_is_trusted_only_behind_herokus_router(tmp_path: Path) -> None:
-    import dataclasses
-
-    on_dyno = nginx_config.render(_params(tmp_path))
+    on_dyno = _render(tmp_path)
     assert "(?<last_entry>" in on_dyno
-    elsewhere = nginx_config.render(
-        dataclasses.replace(_params(tmp_path), trust_forwarded_for=False)
-    )
+    elsewhere = _render(tmp_path, behind_heroku_router=False)
     assert "(?<last_entry>" not in elsewhere
     assert "map $remote_addr $client_address" in elsewhere
     assert load_settings(GOOD_ENV).behind_heroku_router

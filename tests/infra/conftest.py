@@ -95,7 +95,10 @@ class HerokuAwsMocks(pulumi_mocks.Mocks):
                 "configVars": self.computed(["DATABASE_URL"]),
             }
         if kind == "aws:s3/bucket:Bucket":
-            bucket = inputs.get("bucket") or f"{inputs['bucketPrefix']}{fake(kind, length=8)}"
+            # A prefix gets 26 characters appended, as the AWS provider does (a UTC timestamp
+            # and a counter), so name-length limits are met or missed as they would be.
+            unique = "20260102150405" + "0000" + fake(kind, length=8)
+            bucket = inputs.get("bucket") or f"{inputs['bucketPrefix']}{unique}"
             return self.computed(bucket), {
                 **inputs,
                 "bucket": self.computed(bucket),

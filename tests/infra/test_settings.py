@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import string
 from collections.abc import Callable, Mapping
 
+import pulumi
 import pytest
 import yaml  # type: ignore[import-untyped]  # no stubs in the lock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from infra import settings as stack_settings
+from infra.heroku_app import GENERATED_PASSWORD_LENGTH
 from infra.settings import DEFAULTS, Settings, SettingsError, load
 
 from .conftest import ROOT, base_config
@@ -89,9 +92,19 @@ def test_values_are_parsed() -> None:
     assert loaded.db_connections_needed == 3 * 2 * 2 * (2 + 2) + stack_settings.DB_CONNECTION_MARGIN
 
 
-def test_api_key_may_come_from_the_environment() -> None:
-    loaded = load_config({"heroku:apiKey": None}, environ={"HEROKU_API_KEY": "from-env-key"})
-    assert loaded.heroku_api_key is not None
+def resolved(output: pulumi.Output[str]) -> tuple[str | None, bool]:
+    """An output's value and whether it is secret (the autouse fixture gives the loop)."""
+    loop = asyncio.get_event_loop()
+    value, secret = loop.run_until_complete(asyncio.gather(output.future(), output.is_secret()))
+    return value, secret
+
+
+def test_api_key_may_come_from_the_environment_and_stays_secret() -> None:
+    environ = {"HEROKU_API_KEY": "from-env-key"}
+    loaded = load_config({"heroku:apiKey": None}, environ=environ)
+    assert resolved(loaded.heroku_api_key) == ("from-env-key", True)
+    # The stack's own key wins over the environment's.
+    assert resolved(load_config(environ=environ).heroku_api_key) == (API_KEY, True)
 
 
 BAD_VALUES = [
@@ -186,6 +199,10 @@ def test_secret_values_are_refused_in_plain_text_and_never_echoed() -> None:
     assert API_KEY not in text
     text = problem({"loginPassword": "p" * 73})
     assert "at most 72 bytes" in text
+    # Bytes that were not UTF-8 reach Python as lone surrogates: a message, not a traceback.
+    text = problem({"loginPassword": "QZXJ-long-enough-p\udce4ss"})
+    assert "mlflow-heroku:loginPassword: (value not shown) is not valid UTF-8 text" in text
+    assert "QZXJ" not in text
 
 
 def test_connection_limit_counts_every_worker_of_every_dyno() -> None:
@@ -245,6 +262,42 @@ def test_pulumi_yaml_declares_exactly_the_settings_and_their_defaults() -> None:
     assert set(stack_settings.SECRET_KEYS) <= set(stack_settings.OPTIONAL_KEYS)
 
 
+def test_pulumi_yaml_states_the_programs_limits() -> None:
+    """The ranges and rules Pulumi.yaml's descriptions give are the ones the program enforces."""
+    text = (ROOT / "Pulumi.yaml").read_text()
+    declared = yaml.safe_load(text)["config"]
+    assert set(stack_settings.INTEGER_RANGES) == {
+        key for key, value in DEFAULTS.items() if type(value) is int
+    }
+    for key, (low, high) in stack_settings.INTEGER_RANGES.items():
+        assert re.search(rf"\b{low}-{high}\b", declared[key]["description"]), key
+    gib = 1024**3
+    body = f"{stack_settings.MIN_BODY_SIZE // gib}g to {stack_settings.MAX_BODY_SIZE // gib}g"
+    assert body in declared["maxBodySize"]["description"]
+    formula = (
+        f"dynoCount x mlflowWorkers x {stack_settings.DB_POOLS_PER_WORKER} x "
+        f"(dbPoolSize + dbMaxOverflow) + {stack_settings.DB_CONNECTION_MARGIN}"
+    )
+    assert formula in declared["dbPoolSize"]["description"]
+    password = f"{stack_settings.MIN_PASSWORD_LENGTH}-{stack_settings.MAX_PASSWORD_BYTES} bytes"
+    assert (
+        f"#   loginPassword  secret (`pulumi config set --secret loginPassword`), {password}"
+        in text
+    )
+    assert f"Unset: a {GENERATED_PASSWORD_LENGTH}-character password is generated" in text
+    dyno_sizes = declared["dynoSize"]["description"]
+    assert ", ".join(stack_settings.DYNO_MEMORY_MB) in dyno_sizes
+    assert f"{' and '.join(stack_settings.SINGLE_DYNO_SIZES)} allow 1 dyno only" in dyno_sizes
+    assert " or ".join(stack_settings.HEROKU_REGIONS) in declared["region"]["description"]
+
+
+def test_pulumi_yaml_descriptions_carry_no_measurements() -> None:
+    """Figures go stale in a config file: descriptions point at docs/benchmark.md instead."""
+    for key, declaration in yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"].items():
+        description = declaration["description"]
+        assert not re.search(r"~|\d\s*(%|MB|GB|ms\b|req/s)|\brun [A-Z]\b", description), key
+
+
 # -- fuzzing: generated bad values fail with SettingsError naming the key, nothing else ----------
 
 printable = st.text(alphabet=st.characters(codec="utf-8"), max_size=40)
@@ -255,21 +308,24 @@ def _not(check: Callable[[str], str | None]) -> Callable[[str], bool]:
     return lambda value: check(value) is not None
 
 
+def out_of_range(key: str) -> st.SearchStrategy[str]:
+    low, high = stack_settings.INTEGER_RANGES[key]
+    return st.one_of(st.integers(max_value=low - 1), st.integers(min_value=high + 1)).map(str)
+
+
 BAD_STRATEGIES = {
     "appName": printable.filter(_not(stack_settings.check_app_name)),
     "region": printable.filter(lambda value: value not in stack_settings.HEROKU_REGIONS),
     "postgresPlan": printable.filter(_not(stack_settings.check_postgres_plan)),
     "dynoSize": printable.filter(_not(stack_settings.check_dyno_size)),
     "dynoCount": st.one_of(
-        st.integers(max_value=0).map(str),
-        st.integers(min_value=101).map(str),
+        out_of_range("dynoCount"),
         printable.filter(lambda value: not re.fullmatch(r"\s*\+?0*1\s*", value)),
     ),
-    "mlflowWorkers": st.integers(min_value=17, max_value=10**30).map(str),
-    "releaseTimeoutSeconds": st.one_of(st.integers(max_value=59), st.integers(min_value=1801)).map(
-        str
-    ),
-    "dbPoolSize": st.one_of(st.integers(max_value=0), st.integers(min_value=51)).map(str),
+    "mlflowWorkers": out_of_range("mlflowWorkers"),
+    "releaseTimeoutSeconds": out_of_range("releaseTimeoutSeconds"),
+    "dbPoolSize": out_of_range("dbPoolSize"),
+    "dbMaxOverflow": out_of_range("dbMaxOverflow"),
     "maxBodySize": printable.filter(_not(stack_settings.check_body_size)),
     "loginUser": printable.filter(_not(stack_settings.check_login_user)),
     "bucketName": printable.filter(_not(stack_settings.check_bucket_name)),
@@ -284,7 +340,7 @@ BAD_STRATEGIES = {
         max_size=3,
     ).map(json.dumps),
     "aws:region": printable.filter(
-        lambda v: v != "" and not re.fullmatch(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d", v)
+        lambda v: v != "" and not stack_settings.AWS_REGION_NAME.fullmatch(v)
     ),
 }
 
@@ -343,9 +399,8 @@ def outcome(config: Mapping[str, str], secret_keys: set[str] = SECRET) -> Settin
 
 
 def test_forked_workers_memory_model_fits_three_on_512_mb() -> None:
-    """Workers forked from one import share its memory (docs/benchmark.md, run K: 423 MB for
-    three at the artifact peak), so a basic dyno takes three if the connections fit; four
-    would not fit its 512 MB."""
+    """Workers forked from one import share its memory (docs/benchmark.md, run K), so a basic
+    dyno takes three if the connections fit; four would not fit its 512 MB."""
     three = {"mlflowWorkers": "3", "dbPoolSize": "1", "dbMaxOverflow": "1"}
     assert load_config(three).mlflow_workers == 3
     assert "allowed: 1 to 3 (or a larger dynoSize)" in problem({**three, "mlflowWorkers": "4"})
