@@ -4,7 +4,7 @@ tracking REST API and Flask's file routes sent straight to MLflow's Flask app (s
 
 Importing this module waits for the supervisor's migration flag (``migrate.wait_for_migration``),
 opens MLflow's stores and freezes the garbage collector's view of everything imported (see
-``warm_up_and_freeze``).
+``warm_up_and_freeze``; docs/image.md, "Process layout and why").
 """
 
 from __future__ import annotations
@@ -13,10 +13,17 @@ import gc
 import os
 import sys
 import warnings
+import weakref
+from typing import Any
 
-# MLflow 3.17 itself mounts Flask through Starlette's deprecated WSGI middleware; the warning is
+import sqlalchemy
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from . import internals
+
+# MLflow itself mounts Flask through Starlette's deprecated WSGI middleware; the warning is
 # addressed to MLflow, not to whoever reads this dyno's log.
-warnings.filterwarnings("ignore", message="starlette.middleware.wsgi is deprecated")
+warnings.filterwarnings("ignore", message=internals.STARLETTE_WSGI_DEPRECATION)
 
 from mlflow.server import app as flask_app  # noqa: E402 (after the filter)
 from mlflow.server.fastapi_app import app as mlflow_app  # noqa: E402
@@ -28,53 +35,72 @@ from .plan import FORKED_WORKERS_VARIABLE  # noqa: E402
 from .settings import DEFAULTS  # noqa: E402
 from .wsgi_bridge import WsgiBridge  # noqa: E402
 
+OPENED_BY = "mlflow_heroku_opened_by_pid"  # our key in each pooled connection's info
+# Every pooled database connection of every engine in this process, the inherited included.
+pooled_connections: weakref.WeakSet[ConnectionPoolEntry] = weakref.WeakSet()
+
 
 def warm_up_and_freeze() -> None:
     """Open the tracking store now (not on the first request) and move everything imported so
     far out of the garbage collector's reach. (The model registry's store has its own engine
     and pool; it is left to open on first use, so it holds no connection until then.)
 
-    MLflow's worker holds ~325,000 long-lived objects after import; CPython's full collection
-    walks all of them (~190 ms measured here) whenever enough new objects survive, which under
-    load showed up as the p99 latency. ``gc.freeze()`` puts them in the permanent generation,
-    so collections only walk what requests create. (It also keeps the collector from writing
-    to those objects, so forked workers keep sharing their pages.)
+    CPython's full collection walks every live object whenever enough new ones survive, and
+    MLflow's worker holds a great many long-lived ones after import; ``gc.freeze()`` puts them
+    in the permanent generation, so collections only walk what requests create. (It also keeps
+    the collector from writing to those objects, so forked workers keep sharing their pages;
+    docs/image.md, "Process layout and why".)
     """
     forked = os.environ.get(FORKED_WORKERS_VARIABLE) == "1"
+    if forked:
+        keep_database_connections_out_of_forks()
     try:
-        from mlflow.server import handlers
-
-        handlers._get_tracking_store()
+        internals.open_tracking_store()
         if forked:
             # Loaded here once instead of in every worker on its first upload: boto3 and S3's
-            # service model are ~100 MB per process (docs/benchmark.md, "Forked workers").
-            repository = handlers._get_artifact_repo_mlflow_artifacts()  # type: ignore[no-untyped-call]
-            get_s3_client = getattr(repository, "_get_s3_client", None)
-            if get_s3_client is not None:
-                get_s3_client()  # builds the client only; it connects on first use
+            # service model (docs/benchmark.md, "Forked workers").
+            internals.build_s3_client(internals.proxied_artifact_repository())
     except Exception as error:  # the first request will retry and report it
         print(f"mlflow: store warm-up failed: {type(error).__name__}", file=sys.stderr, flush=True)
     if forked:
-        # No database connection may be shared across the fork: the master closes its own,
-        # and each worker starts with empty pools.
-        dispose_database_pools(close=True)
-        os.register_at_fork(after_in_child=lambda: dispose_database_pools(close=False))
+        # No database connection may be shared across the fork: the master closes its own
+        # now, and each worker forgets any it still inherits.
+        close_own_database_connections()
     gc.collect()
     gc.freeze()
 
 
-def dispose_database_pools(close: bool) -> None:
-    """Empty the connection pool of every SQLAlchemy engine MLflow's stores have opened.
-    ``close=False`` (in a forked child) drops the inherited connections without touching the
-    sockets the parent still owns."""
-    for module_name in (
-        "mlflow.store.tracking.sqlalchemy_store",
-        "mlflow.store.model_registry.sqlalchemy_store",
-        "mlflow.store.jobs.sqlalchemy_store",
-    ):
-        store = getattr(sys.modules.get(module_name), "SqlAlchemyStore", None)
-        for engine in list(getattr(store, "_engine_map", {}).values()):
-            engine.dispose(close=close)
+def keep_database_connections_out_of_forks() -> None:
+    """SQLAlchemy's recipe for pools and ``os.fork()`` (docs: "Using Connection Pools with
+    Multiprocessing or os.fork()"), for every engine MLflow makes without knowing them: a
+    listener on the ``Pool`` class notes which process opened each connection, and a forked
+    child forgets, unclosed, those its parent opened. (Forgotten at the fork, not refused at
+    checkout as in the recipe: MLflow's engines ping a connection before checkout listeners
+    run, and that ping would already travel over the parent's socket.)"""
+    sqlalchemy.event.listen(sqlalchemy.pool.Pool, "connect", _note_opener)
+    os.register_at_fork(after_in_child=forget_inherited_database_connections)
+
+
+def _note_opener(dbapi_connection: Any, entry: ConnectionPoolEntry) -> None:
+    entry.info[OPENED_BY] = os.getpid()
+    pooled_connections.add(entry)
+
+
+def close_own_database_connections() -> None:
+    """Close every idle pooled connection this process opened (the master, before the fork);
+    a pool that needs one later opens a new one."""
+    for entry in list(pooled_connections):
+        opened_here = entry.info.get(OPENED_BY) == os.getpid()
+        if entry.dbapi_connection is not None and opened_here and not entry.in_use:
+            entry.close()
+
+
+def forget_inherited_database_connections() -> None:
+    """In a forked child: drop the connections the parent opened without closing them (their
+    sockets are the parent's); each pool opens its own on its next checkout."""
+    for entry in list(pooled_connections):
+        if entry.dbapi_connection is not None and entry.info.get(OPENED_BY) != os.getpid():
+            internals.forget_connection(entry)
 
 
 # MLflow touches the database only on the first request, never at import: hold the app back

@@ -23,24 +23,22 @@ FILE_PREFIXES: tuple[str, ...] = ()
 class FlaskShortcut:
     """Hands the tracking REST API (runs, metrics, experiments, registry) and Flask's file
     routes to MLflow's Flask app through ``flask_bridge``, skipping the FastAPI layers in
-    front of MLflow's own mount of Flask at "/": routing over ~80 native routes and seven
-    middlewares, two of them BaseHTTPMiddleware. Those layers cost ~1.3 ms of the worker's
-    ~5.6 ms of CPU per log-metric call; one worker is one core, so the shortcut is +27%
-    throughput at 16 clients (docs/benchmark.md). The asgi module passes ``WsgiBridge``,
-    which also sends a file in pieces of 256 KiB or more per thread hand-off where MLflow's
-    mount takes a round trip between two threads per read of the file: 8 KiB for the UI's
-    files and artifacts on local disk (docs/image.md). Nothing is lost: Flask runs MLflow's
-    own Host, CORS and cross-origin checks (mlflow.server.security, active under uvicorn),
-    and the FastAPI middlewares skipped only act on FastAPI routes (workspaces, gateway
-    timing).
+    front of MLflow's own mount of Flask at "/": routing over its native routes and its
+    middlewares, two of them BaseHTTPMiddleware (their cost: docs/benchmark.md). The asgi
+    module passes ``WsgiBridge``, which also sends a file in large pieces per thread hand-off
+    where MLflow's mount takes a round trip between two threads per small read of the file
+    (docs/image.md). Nothing is lost: Flask's own hooks do the skipped middlewares' jobs (Host
+    validation, CORS and cross-origin blocking, security headers: mlflow.server.security,
+    active under uvicorn; workspaces: mlflow.server.workspace_helpers), and gateway timing
+    only concerns FastAPI's routes. tests/image/test_image_flask_shortcut.py proves each
+    against the installed MLflow.
 
     At most ``concurrent_calls`` tracking calls run at once in a worker (each in a thread of
     the bridge); the others wait their turn in the event loop. More threads than that only
-    fight over the GIL: at 16 clients on 2 workers, ~8 threads each, capping them at 2 took
-    ~360-430 against ~300-330 req/s (docs/benchmark.md). The asgi module passes the tracking
-    store's pool size, so a call never holds a thread while it waits for a connection. File
-    routes are not capped: they wait on S3 or the disk, and a download must not hold up the
-    tracking calls behind it."""
+    fight over the GIL (docs/benchmark.md). The asgi module passes the tracking store's pool
+    size, so a call never holds a thread while it waits for a connection. File routes are not
+    capped: they wait on S3 or the disk, and a download must not hold up the tracking calls
+    behind it."""
 
     def __init__(self, fastapi_app: ASGIApp, flask_bridge: ASGIApp, concurrent_calls: int) -> None:
         if concurrent_calls < 1:

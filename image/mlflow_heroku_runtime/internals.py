@@ -18,7 +18,10 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sqlalchemy.pool import ConnectionPoolEntry
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,146 @@ def broken() -> list[str]:
 
 # ----------------------------------------------------------------------------- MLflow
 
+
+def _takes_no_required_arguments(function: Callable[..., Any]) -> None:
+    required = [
+        parameter.name
+        for parameter in inspect.signature(function).parameters.values()
+        if parameter.default is inspect.Parameter.empty
+        and parameter.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    ]
+    assert not required, f"{function.__qualname__} now requires {required}"
+
+
+def open_tracking_store() -> Any:
+    """The tracking store MLflow's request handlers use, opened now instead of on the first
+    request (MLflow caches it for the process)."""
+    from mlflow.server import handlers
+
+    return handlers._get_tracking_store()
+
+
+@internal(
+    "mlflow",
+    "mlflow.server.handlers._get_tracking_store",
+    "MLflow's handlers open their tracking store only through this cached getter",
+)
+def _check_tracking_store() -> None:
+    from mlflow.server import handlers
+
+    _takes_no_required_arguments(handlers._get_tracking_store)
+    assert hasattr(handlers, "_tracking_store"), "its cache handlers._tracking_store is gone"
+
+
+def proxied_artifact_repository() -> Any:
+    """The repository behind ``--artifacts-destination`` that MLflow's proxied artifact
+    routes use (MLflow caches it for the process)."""
+    from mlflow.server import handlers
+
+    return handlers._get_artifact_repo_mlflow_artifacts()  # type: ignore[no-untyped-call]
+
+
+@internal(
+    "mlflow",
+    "mlflow.server.handlers._get_artifact_repo_mlflow_artifacts",
+    "MLflow's proxied artifact routes open their repository only through this cached getter",
+)
+def _check_proxied_artifact_repository() -> None:
+    from mlflow.server import handlers
+
+    _takes_no_required_arguments(handlers._get_artifact_repo_mlflow_artifacts)
+    assert hasattr(handlers, "_artifact_repo"), "its cache handlers._artifact_repo is gone"
+
+
+def build_s3_client(repository: Any) -> None:
+    """Build the S3 client of an S3 artifact repository (boto3 and S3's service model) the way
+    its first upload would; it connects only on first use. Other repositories are left alone."""
+    from mlflow.store.artifact.s3_artifact_repo import S3ArtifactRepository
+
+    if isinstance(repository, S3ArtifactRepository):
+        repository._get_s3_client()  # type: ignore[no-untyped-call]
+
+
+@internal(
+    "mlflow",
+    "mlflow.store.artifact.s3_artifact_repo.S3ArtifactRepository._get_s3_client",
+    "the repository builds its (cached) boto3 client only on its first upload or download",
+)
+def _check_s3_client() -> None:
+    from mlflow.store.artifact import s3_artifact_repo
+
+    method = s3_artifact_repo.S3ArtifactRepository._get_s3_client
+    assert list(inspect.signature(method).parameters) == ["self"], inspect.signature(method)
+    assert hasattr(s3_artifact_repo._cached_get_s3_client, "cache_info"), (
+        "_cached_get_s3_client no longer caches: each request would build its own client"
+    )
+
+
+def upgrade_database_schema(url: str) -> None:
+    """What ``mlflow db upgrade URL`` does: create MLflow's tables in an empty database, or
+    bring an existing schema to the newest revision."""
+    from mlflow.db import upgrade
+
+    if upgrade.callback is None:  # the installed-version check names this too
+        raise RuntimeError("mlflow.db.upgrade has no callback: see tests/image/test_internals.py")
+    upgrade.callback(url)
+
+
+@internal(
+    "mlflow",
+    "mlflow.db.upgrade.callback (the body of `mlflow db upgrade URL`)",
+    "the CLI command is MLflow's only public way to migrate; calling its body follows what it "
+    "does in every version (no copy of it to fall behind) without a second interpreter",
+)
+def _check_upgrade_command() -> None:
+    import click
+    from mlflow.db import upgrade
+
+    assert isinstance(upgrade, click.Command), f"mlflow.db.upgrade is a {type(upgrade)}"
+    assert [parameter.name for parameter in upgrade.params] == ["url"], upgrade.params
+    assert upgrade.callback is not None, "the command has no callback"
+    assert list(inspect.signature(upgrade.callback).parameters) == ["url"], (
+        f"its callback takes {inspect.signature(upgrade.callback)}"
+    )
+
+
 # ----------------------------------------------------------------------------- SQLAlchemy
+
+
+def forget_connection(entry: ConnectionPoolEntry) -> None:
+    """Drop a pooled DBAPI connection without closing it, as SQLAlchemy's recipe for a forked
+    child does (docs: "Using Connection Pools with Multiprocessing or os.fork()"): its socket
+    belongs to the parent. The entry opens a new connection at its next checkout."""
+    entry.dbapi_connection = None  # type: ignore[misc]  # a slot of its concrete subclass
+
+
+@internal(
+    "sqlalchemy",
+    "ConnectionPoolEntry.dbapi_connection = None (reconnect at next checkout, old one untouched)",
+    "SQLAlchemy has no public call that forgets one pooled connection without closing it",
+)
+def _check_forget_connection() -> None:
+    import sqlalchemy
+    from sqlalchemy.pool import QueuePool
+
+    engine = sqlalchemy.create_engine("sqlite://", poolclass=QueuePool, pool_size=1)
+    checked_out: list[tuple[Any, Any]] = []
+    sqlalchemy.event.listen(
+        engine.pool, "checkout", lambda dbapi, entry, proxy: checked_out.append((entry, dbapi))
+    )
+    try:
+        with engine.connect() as connection:
+            connection.exec_driver_sql("SELECT 1")
+        entry, forgotten = checked_out[0]
+        forget_connection(entry)
+        with engine.connect() as connection:
+            connection.exec_driver_sql("SELECT 1")
+        assert checked_out[1][1] is not forgotten, "the entry handed out the forgotten connection"
+        forgotten.execute("SELECT 1")  # still open: forgetting must not close it
+        forgotten.close()
+    finally:
+        engine.dispose()
+
 
 # ----------------------------------------------------------------------------- gunicorn, uvicorn
 
@@ -169,6 +311,9 @@ def _check_mlflow_uvicorn_log_config() -> None:
 # ----------------------------------------------------------------------------- Starlette
 
 
+STARLETTE_WSGI_DEPRECATION = "starlette.middleware.wsgi is deprecated"
+
+
 def wsgi_environ(scope: Mapping[str, Any], body: bytes) -> dict[str, Any]:
     """The WSGI environ of one request, built as MLflow's own mount of Flask (Starlette's
     WSGIMiddleware) builds it, so Flask sees the same through the runtime's bridge."""
@@ -179,7 +324,7 @@ def wsgi_environ(scope: Mapping[str, Any], body: bytes) -> dict[str, Any]:
 def _starlette_build_environ() -> Callable[[Mapping[str, Any], bytes], dict[str, Any]]:
     with warnings.catch_warnings():
         # Deprecated in Starlette, not removed; the warning is about the module MLflow mounts.
-        warnings.filterwarnings("ignore", message="starlette.middleware.wsgi is deprecated")
+        warnings.filterwarnings("ignore", message=STARLETTE_WSGI_DEPRECATION)
         from starlette.middleware.wsgi import build_environ
     return build_environ  # type: ignore[return-value]
 
@@ -218,3 +363,17 @@ def _check_wsgi_environ() -> None:
     }
     assert {name: environ.get(name) for name in expected} == expected, environ
     assert environ["wsgi.input"].read() == b'{"key": "loss"}', "the body is not wsgi.input"
+
+
+@internal(
+    "starlette",
+    f"the text of starlette.middleware.wsgi's warning ({STARLETTE_WSGI_DEPRECATION!r}...)",
+    "MLflow mounts Flask through that deprecated module; asgi.py keeps the warning, addressed "
+    "to MLflow, out of the dyno's log by its text (its class covers all of Starlette's)",
+)
+def _check_starlette_wsgi_deprecation() -> None:
+    spec = importlib.util.find_spec("starlette.middleware.wsgi")
+    assert spec is not None, "starlette.middleware.wsgi is gone"
+    assert spec.origin is not None, "starlette.middleware.wsgi has no source file"
+    with open(spec.origin, encoding="utf-8") as source:
+        assert f'"{STARLETTE_WSGI_DEPRECATION}' in source.read(), "its warning's text changed"

@@ -44,7 +44,7 @@ def main() -> int:
     import sqlalchemy
 
     # Connect first with a short timeout per attempt, so a dead host fails fast and the
-    # whole wait stays within Heroku's 60 s boot window.
+    # whole wait stays within Heroku's boot window (docs/image.md, "Process layout and why").
     connect_args = {"connect_timeout": 5} if url.startswith("postgresql") else {}
     engine = sqlalchemy.create_engine(
         url, poolclass=sqlalchemy.pool.NullPool, connect_args=connect_args
@@ -70,13 +70,13 @@ def main() -> int:
 
     started = time.monotonic()
     try:
-        import mlflow.store.db.utils as db_utils
+        from . import internals
 
-        if db_utils._is_empty_database(engine):  # type: ignore[no-untyped-call]
+        if not sqlalchemy.inspect(engine).get_table_names():
             log(f"creating MLflow's tables in {where}")
-            db_utils._initialize_tables(engine)  # type: ignore[no-untyped-call]
-        else:
-            db_utils._upgrade_db(engine)  # type: ignore[no-untyped-call]
+        engine.dispose()
+        # What `mlflow db upgrade` does, by its own code (internals.py says why).
+        internals.upgrade_database_schema(url)
     except Exception as error:
         log(f"schema migration of {where} failed: {_reason(error)}")
         return MIGRATION_FAILED
@@ -120,6 +120,6 @@ if __name__ == "__main__":
     status = main()
     sys.stdout.flush()
     sys.stderr.flush()
-    # Skip the interpreter's teardown of everything MLflow and alembic imported (~0.6 s
-    # measured here): uvicorn waits for this exit before it may serve. The engine is disposed.
+    # Skip the interpreter's teardown of everything MLflow and alembic imported: uvicorn waits
+    # for this exit before it may serve. (The server ends the upgrade's idle connection at EOF.)
     os._exit(status)

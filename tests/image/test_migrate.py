@@ -1,7 +1,8 @@
-"""The app's wait for the migration flag."""
+"""The migration child (`python -m mlflow_heroku_runtime.migrate`) and the wait for its flag."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from pathlib import Path
@@ -69,3 +70,71 @@ def test_the_app_stops_waiting_when_the_supervisor_is_gone(tmp_path: Path, reape
     assert waiting.returncode == 1
     assert out == ""
     assert "the supervisor exited before the database was migrated" in err
+
+
+def _migrate(url: str) -> subprocess.CompletedProcess[str]:
+    """The supervisor's migration child, as the supervisor runs it."""
+    import sys
+
+    from tests.support.services import ENTRYPOINT
+
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ENTRYPOINT.parent),
+        "_MLFLOW_SERVER_FILE_STORE": url,
+        "_MLFLOW_HEROKU_DB_DESCRIPTION": "the test database",
+        "MLFLOW_HEROKU_DB_WAIT_SECONDS": "5",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "mlflow_heroku_runtime.migrate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def _schema_revision(database: Path) -> str:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        (revision,) = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+    return str(revision)
+
+
+def test_migration_creates_then_upgrades_mlflows_schema(tmp_path: Path) -> None:
+    """An empty database gets MLflow's tables at the newest revision, as `mlflow db upgrade`
+    leaves them; a second run finds the schema current and creates nothing."""
+    import mlflow.store
+    from alembic.script import ScriptDirectory
+
+    database = tmp_path / "mlflow.db"
+    created = _migrate(f"sqlite:///{database}")
+    assert created.returncode == 0, created.stderr
+    assert "migrate: creating MLflow's tables in the test database" in created.stderr
+    assert "migrate: schema of the test database is up to date" in created.stderr
+    heads = ScriptDirectory(str(Path(mlflow.store.__file__).parent / "db_migrations")).get_heads()
+    assert [_schema_revision(database)] == heads
+
+    again = _migrate(f"sqlite:///{database}")
+    assert again.returncode == 0, again.stderr
+    assert "creating" not in again.stderr
+    assert "migrate: schema of the test database is up to date" in again.stderr
+    assert [_schema_revision(database)] == heads
+
+
+def test_a_failed_migration_exits_4_naming_the_cause(tmp_path: Path) -> None:
+    import sqlite3
+
+    database = tmp_path / "mlflow.db"
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        connection.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+        connection.execute("INSERT INTO alembic_version VALUES ('0123456789ab')")
+        connection.execute("CREATE TABLE experiments (experiment_id INTEGER)")
+        connection.commit()
+    failed = _migrate(f"sqlite:///{database}")
+    assert failed.returncode == 4, failed.stderr
+    assert "migrate: schema migration of the test database failed:" in failed.stderr
+    assert "0123456789ab" in failed.stderr  # alembic's own words: the unknown revision
