@@ -17,7 +17,6 @@ TRACKING_API_PREFIXES = ("/api/2.0/mlflow/", "/ajax-api/2.0/mlflow/")
 # Files: the artifacts the UI shows and downloads. (The UI's own files, "/" and
 # /static-files/, never reach a worker: nginx serves them from the installed package.)
 FILE_PATHS = ("/get-artifact", "/model-versions/get-artifact")
-FILE_PREFIXES: tuple[str, ...] = ()
 
 
 class FlaskShortcut:
@@ -55,7 +54,7 @@ class FlaskShortcut:
                 self._limiter = anyio.CapacityLimiter(self.concurrent_calls)
             async with self._limiter:
                 await self.flask_bridge(scope, receive, send)
-        elif path in FILE_PATHS or path.startswith(FILE_PREFIXES):
+        elif path in FILE_PATHS:
             await self.flask_bridge(scope, receive, send)
         else:
             await self.fastapi_app(scope, receive, send)

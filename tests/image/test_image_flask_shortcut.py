@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 from mlflow_heroku_runtime.flask_shortcut import (
     FILE_PATHS,
-    FILE_PREFIXES,
     TRACKING_API_PREFIXES,
     FlaskShortcut,
 )
@@ -52,11 +51,11 @@ def test_no_fastapi_route_of_the_installed_mlflow_lives_under_the_shortcut() -> 
     assert "/api/2.0/mlflow-artifacts/artifacts/{artifact_path:path}" in paths
     assert "/v1/traces" in paths
     assert len(paths) > 20, paths
-    shortcut = TRACKING_API_PREFIXES + FILE_PREFIXES + FILE_PATHS
+    shortcut = TRACKING_API_PREFIXES + FILE_PATHS
     shadowed = [
         path
         for path in paths
-        if path.startswith(TRACKING_API_PREFIXES + FILE_PREFIXES)
+        if path.startswith(TRACKING_API_PREFIXES)
         or path in FILE_PATHS
         # A path above one of ours could serve it too: a Mount at "/static-files", or a
         # template such as "/model-versions/{rest:path}". "" is MLflow's own mount of Flask.
@@ -416,7 +415,7 @@ def test_gateway_timing_concerns_no_path_of_the_shortcut() -> None:
     from mlflow.server.handlers import _add_static_prefix
 
     gateway = _add_static_prefix("/gateway/")
-    assert not any(path.startswith(gateway) for path in TRACKING_API_PREFIXES + FILE_PREFIXES)
+    assert not any(path.startswith(gateway) for path in TRACKING_API_PREFIXES)
     assert not any(path.startswith(gateway) for path in FILE_PATHS)
 
 
