@@ -3,8 +3,10 @@
 Run as ``python -m mlflow_heroku_runtime.migrate`` by the supervisor with the backend URL in
 ``_MLFLOW_SERVER_FILE_STORE`` (the variable MLflow's server reads too) and the wait budget in
 ``MLFLOW_HEROKU_DB_WAIT_SECONDS``. Exit 0 when migrated, 3 when the database stayed
-unreachable, 4 when the migration failed. Messages never contain the URL; the supervisor
-removes any password from this output as from every child's.
+unreachable, 4 when the migration failed. On PostgreSQL the upgrade runs under an advisory
+lock, so of every process booting on one database exactly one migrates and the others wait,
+then find the schema current. Messages never contain the URL; the supervisor removes any
+password from this output as from every child's.
 """
 
 from __future__ import annotations
@@ -13,9 +15,18 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
 
 UNREACHABLE = 3
 MIGRATION_FAILED = 4
+# pg_advisory_lock's key for "MLflow's schema in this database is being migrated": any fixed
+# 64-bit number other software on the database would not pick (these are "mlflowhk" in ASCII).
+MIGRATION_LOCK_KEY = 0x6D6C666C6F77686B
+LOCK_POLL_SECONDS = 0.5
+LOCK_LOG_SECONDS = 10.0
 # Set by the supervisor for MLflow's uvicorn: the file it creates once the schema is current,
 # and its own process id.
 MIGRATED_FLAG_VARIABLE = "_MLFLOW_HEROKU_MIGRATED_FLAG"
@@ -34,6 +45,27 @@ def _reason(error: BaseException) -> str:
     text = str(getattr(root, "orig", None) or root).strip().splitlines()
     first = text[0] if text else ""
     return f"{type(root).__name__}: {first}"[:300]
+
+
+def hold_migration_lock(connection: Connection, where: str) -> None:
+    """Take the session-level advisory lock that makes this process the schema's one writer;
+    closing the connection releases it. Waits as long as another writer migrates (a large
+    database's upgrade can take minutes; nginx answers 503 meanwhile)."""
+    import sqlalchemy
+
+    waited = time.monotonic()
+    logged = 0.0
+    statement = sqlalchemy.text("SELECT pg_try_advisory_lock(:key)")
+    while not connection.execute(statement, {"key": MIGRATION_LOCK_KEY}).scalar():
+        connection.commit()
+        if time.monotonic() - logged >= LOCK_LOG_SECONDS:
+            logged = time.monotonic()
+            log(
+                f"waiting for another process's migration of {where} (PostgreSQL advisory lock "
+                f"{MIGRATION_LOCK_KEY}, {logged - waited:.0f} s so far)"
+            )
+        time.sleep(LOCK_POLL_SECONDS)
+    connection.commit()  # a session-level lock outlives the transaction; no snapshot is kept
 
 
 def main() -> int:
@@ -72,11 +104,16 @@ def main() -> int:
     try:
         from . import internals
 
-        if not sqlalchemy.inspect(engine).get_table_names():
-            log(f"creating MLflow's tables in {where}")
-        engine.dispose()
-        # What `mlflow db upgrade` does, by its own code (internals.py says why).
-        internals.upgrade_database_schema(url)
+        with engine.connect() as connection:
+            # Held until the upgrade is done, so every other dyno (or an old and a new release
+            # booting together) waits here and then finds the schema current.
+            if url.startswith("postgresql"):
+                hold_migration_lock(connection, where)
+            if not sqlalchemy.inspect(connection).get_table_names():
+                log(f"creating MLflow's tables in {where}")
+            connection.commit()
+            # What `mlflow db upgrade` does, by its own code (internals.py says why).
+            internals.upgrade_database_schema(url)
     except Exception as error:
         log(f"schema migration of {where} failed: {_reason(error)}")
         return MIGRATION_FAILED

@@ -5,9 +5,25 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
+import requests
+from mlflow_heroku_runtime.database_url import to_sqlalchemy_url
+from mlflow_heroku_runtime.migrate import MIGRATION_LOCK_KEY
+
+from tests.support.services import (
+    ENTRYPOINT,
+    PostgresCluster,
+    S3Server,
+    free_port,
+    heroku_env,
+    start_stack,
+)
 
 
 def _waiting_uvicorn(flag: Path, supervisor_pid: int) -> subprocess.Popen[str]:
@@ -138,3 +154,115 @@ def test_a_failed_migration_exits_4_naming_the_cause(tmp_path: Path) -> None:
     assert failed.returncode == 4, failed.stderr
     assert "migrate: schema migration of the test database failed:" in failed.stderr
     assert "0123456789ab" in failed.stderr  # alembic's own words: the unknown revision
+
+
+@pytest.fixture
+def empty_postgres_database(postgres: PostgresCluster) -> Iterator[str]:
+    """A new, empty database in the session's cluster; its SQLAlchemy URL."""
+    name = f"migrate_{time.time_ns()}"
+    _admin(postgres, f'CREATE DATABASE "{name}"')
+    try:
+        yield to_sqlalchemy_url(postgres.url.rsplit("/", 1)[0] + f"/{name}").render_as_string(
+            hide_password=False
+        )
+    finally:
+        _admin(postgres, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _admin(postgres: PostgresCluster, statement: str) -> None:
+    with psycopg.connect(
+        host="127.0.0.1",
+        port=postgres.port,
+        user=postgres.user,
+        password=postgres.password,
+        dbname="postgres",
+        autocommit=True,
+    ) as connection:
+        connection.execute(statement)
+
+
+def _migration_child(url: str) -> subprocess.Popen[str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ENTRYPOINT.parent),
+        "_MLFLOW_SERVER_FILE_STORE": url,
+        "_MLFLOW_HEROKU_DB_DESCRIPTION": "the test database",
+        "MLFLOW_HEROKU_DB_WAIT_SECONDS": "5",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "mlflow_heroku_runtime.migrate"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.integration
+def test_a_migration_waits_while_another_process_holds_the_lock(
+    empty_postgres_database: str,
+) -> None:
+    """The schema has one writer: while the lock is held (here by the test, as by another
+    dyno's migration), the child waits and touches nothing; once it is free, it migrates."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(empty_postgres_database)
+    with psycopg.connect(
+        host=url.host,
+        port=url.port,
+        user=url.username,
+        password=url.password,
+        dbname=url.database,
+        autocommit=True,
+    ) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        child = _migration_child(empty_postgres_database)
+        try:
+            with pytest.raises(subprocess.TimeoutExpired):
+                child.wait(8)
+            tables = holder.execute(
+                "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+            ).fetchone()
+            assert tables == (0,), "the waiting child created tables"
+            holder.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+            _out, err = child.communicate(timeout=120)
+        finally:
+            child.kill()
+            child.wait()
+        assert child.returncode == 0, err
+        assert "waiting for another process's migration of the test database" in err
+        assert "creating MLflow's tables in the test database" in err
+        (revision,) = holder.execute("SELECT version_num FROM alembic_version").fetchone() or ("",)
+    assert revision
+
+
+@pytest.mark.integration
+def test_two_dynos_booting_at_once_on_an_empty_database_migrate_it_once(
+    postgres: PostgresCluster, s3: S3Server, empty_postgres_database: str
+) -> None:
+    """Two entrypoints start together on one empty database: one creates the schema, the
+    other waits for it, and both serve."""
+    name = empty_postgres_database.rsplit("/", 1)[1]
+    database_url = postgres.url.rsplit("/", 1)[0] + f"/{name}"
+    envs = [
+        heroku_env(port=free_port(), database_url=database_url, s3=s3, s3_prefix=f"{name}-{i}")
+        for i in range(2)
+    ]
+    with contextlib.ExitStack() as running:
+        stacks = [start_stack(env, wait_ready=False) for env in envs]
+        for stack in stacks:
+            running.callback(stack.stop)
+        for stack in stacks:
+            stack.wait_ready(120)
+        outputs = [stack.output() for stack in stacks]
+        for stack in stacks:
+            reply = requests.get(
+                f"{stack.url}/api/2.0/mlflow/experiments/search?max_results=1",
+                auth=stack.auth,
+                timeout=30,
+            )
+            assert reply.status_code == 200, reply.text
+    created = [output for output in outputs if "creating MLflow's tables" in output]
+    assert len(created) == 1, outputs
+    assert not any("migration of" in output and "failed" in output for output in outputs)
