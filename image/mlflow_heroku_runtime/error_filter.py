@@ -31,6 +31,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMappi
 from dataclasses import dataclass, field
 from typing import Any
 
+from .internals import BACKEND_STORE_VARIABLE, REGISTRY_STORE_VARIABLE
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -42,7 +44,7 @@ REDACTED = "***"
 MIN_SECRET_LENGTH = 4
 # The store URIs the supervisor hands MLflow (supervisor.py, child_env): they carry the
 # database's user, password and host.
-DATABASE_URI_VARIABLES = ("_MLFLOW_SERVER_FILE_STORE", "_MLFLOW_SERVER_REGISTRY_STORE")
+DATABASE_URI_VARIABLES = (BACKEND_STORE_VARIABLE, REGISTRY_STORE_VARIABLE)
 SECRET_VARIABLES = (
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",

@@ -167,6 +167,82 @@ def _check_upgrade_command() -> None:
     )
 
 
+# The variables `mlflow server` (mlflow/server/__init__.py, _run_server) sets for the app it
+# launches. The runtime launches MLflow's app without the CLI (its resident process costs
+# memory and start time), so it sets them itself; names only, so the supervisor stays light.
+BACKEND_STORE_VARIABLE = "_MLFLOW_SERVER_FILE_STORE"
+REGISTRY_STORE_VARIABLE = "_MLFLOW_SERVER_REGISTRY_STORE"
+SERVER_ENVIRONMENT_NAMES = {
+    # MLflow's Python name of each variable -> the variable
+    "BACKEND_STORE_URI_ENV_VAR": BACKEND_STORE_VARIABLE,
+    "REGISTRY_STORE_URI_ENV_VAR": REGISTRY_STORE_VARIABLE,
+    "ARTIFACT_ROOT_ENV_VAR": "_MLFLOW_SERVER_ARTIFACT_ROOT",
+    "SERVE_ARTIFACTS_ENV_VAR": "_MLFLOW_SERVER_SERVE_ARTIFACTS",
+    "ARTIFACTS_DESTINATION_ENV_VAR": "_MLFLOW_SERVER_ARTIFACT_DESTINATION",
+    "_MLFLOW_SERVER_BOOT_ID": "_MLFLOW_SERVER_BOOT_ID",
+    "_MLFLOW_IN_JOB_EXECUTOR": "_MLFLOW_IN_JOB_EXECUTOR",
+    "_MLFLOW_SGI_NAME": "_MLFLOW_SGI_NAME",
+}
+# What _run_server sets only for options this image does not use (read replica, artifacts-only
+# mode, static prefix, Prometheus, the secrets cache, a Flask secret key, the basic-auth app,
+# and job execution: this launch starts no job runner).
+SERVER_ENVIRONMENT_UNUSED = frozenset(
+    {
+        "HUEY_STORAGE_PATH_ENV_VAR",
+        "_MLFLOW_INTERNAL_GATEWAY_AUTH_TOKEN",
+        "READ_REPLICA_BACKEND_STORE_URI_ENV_VAR",
+        "ARTIFACTS_ONLY_ENV_VAR",
+        "STATIC_PREFIX_ENV_VAR",
+        "PROMETHEUS_EXPORTER_ENV_VAR",
+        "SECRETS_CACHE_TTL_ENV_VAR",
+        "SECRETS_CACHE_MAX_SIZE_ENV_VAR",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY",
+        "_MLFLOW_AUTH_ADMIN_BOOTSTRAPPED",
+    }
+)
+
+
+def mlflow_server_environment(
+    backend_store_uri: str, artifacts_destination: str, boot_id: str
+) -> dict[str, str]:
+    """The environment `mlflow server --serve-artifacts` gives a uvicorn-served app."""
+    values = {
+        BACKEND_STORE_VARIABLE: backend_store_uri,
+        REGISTRY_STORE_VARIABLE: backend_store_uri,
+        "_MLFLOW_SERVER_ARTIFACT_ROOT": "mlflow-artifacts:/",
+        "_MLFLOW_SERVER_SERVE_ARTIFACTS": "true",
+        "_MLFLOW_SERVER_ARTIFACT_DESTINATION": artifacts_destination,
+        "_MLFLOW_SERVER_BOOT_ID": boot_id,
+        "_MLFLOW_IN_JOB_EXECUTOR": "false",
+        "_MLFLOW_SGI_NAME": "uvicorn",
+    }
+    assert set(values) == set(SERVER_ENVIRONMENT_NAMES.values())
+    return values
+
+
+@internal(
+    "mlflow",
+    "the _MLFLOW_SERVER_* environment `mlflow server` gives its app (mlflow.server._run_server)",
+    "the runtime launches MLflow's app without the CLI and must set what the CLI would",
+)
+def _check_server_environment() -> None:
+    import re
+
+    import mlflow.environment_variables as variables
+    import mlflow.server
+    import mlflow.server.constants as constants
+
+    for python_name, variable in SERVER_ENVIRONMENT_NAMES.items():
+        value = getattr(constants, python_name, None) or getattr(variables, python_name).name
+        assert value == variable, f"{python_name} is now {value!r}, not {variable!r}"
+    source = inspect.getsource(mlflow.server._run_server)
+    set_there = set(re.findall(r"env_map\[(\w+)(?:\.name)?\]", source))
+    unknown = set_there - set(SERVER_ENVIRONMENT_NAMES) - SERVER_ENVIRONMENT_UNUSED
+    assert not unknown, f"`mlflow server` now also sets {sorted(unknown)} for its app"
+    missing = set(SERVER_ENVIRONMENT_NAMES) - set_there
+    assert not missing, f"`mlflow server` no longer sets {sorted(missing)}"
+
+
 # ----------------------------------------------------------------------------- SQLAlchemy
 
 

@@ -69,7 +69,9 @@ def hold_migration_lock(connection: Connection, where: str) -> None:
 
 
 def main() -> int:
-    url = os.environ["_MLFLOW_SERVER_FILE_STORE"]
+    from .internals import BACKEND_STORE_VARIABLE
+
+    url = os.environ[BACKEND_STORE_VARIABLE]
     where = os.environ.get("_MLFLOW_HEROKU_DB_DESCRIPTION", "the database")
     budget = float(os.environ.get("MLFLOW_HEROKU_DB_WAIT_SECONDS", "40"))
 

@@ -41,6 +41,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
+from . import internals
 from .internals import mlflow_uvicorn_log_config
 from .migrate import MIGRATED_FLAG_VARIABLE, SUPERVISOR_PID_VARIABLE
 from .plan import (
@@ -338,14 +339,9 @@ class Supervisor:
         env.update(settings.mlflow_env)
         env.update(
             {
-                "_MLFLOW_SERVER_FILE_STORE": settings.backend_store_uri,
-                "_MLFLOW_SERVER_REGISTRY_STORE": settings.backend_store_uri,
-                "_MLFLOW_SERVER_ARTIFACT_ROOT": "mlflow-artifacts:/",
-                "_MLFLOW_SERVER_SERVE_ARTIFACTS": "true",
-                "_MLFLOW_SERVER_ARTIFACT_DESTINATION": settings.artifacts_destination,
-                "_MLFLOW_SERVER_BOOT_ID": uuid.uuid4().hex,
-                "_MLFLOW_IN_JOB_EXECUTOR": "false",
-                "_MLFLOW_SGI_NAME": "uvicorn",
+                **internals.mlflow_server_environment(
+                    settings.backend_store_uri, settings.artifacts_destination, uuid.uuid4().hex
+                ),
                 "MLFLOW_ENABLE_WORKSPACES": env.get("MLFLOW_ENABLE_WORKSPACES", "false"),
                 "_MLFLOW_HEROKU_DB_DESCRIPTION": settings.database_description,
                 "MLFLOW_HEROKU_DB_WAIT_SECONDS": str(settings.db_wait_seconds),

@@ -97,6 +97,10 @@ BREAKERS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "gunicorn.workers.base.Worker.sockets, gunicorn.sock.BaseSocket.sock": _break_worker_sockets,
     "uvicorn_worker.UvicornWorker.CONFIG_KWARGS": _break_uvicorn_worker,
     "mlflow/server/uvicorn_log_config.yaml": _break_uvicorn_log_config,
+    "the _MLFLOW_SERVER_* environment `mlflow server` gives its app "
+    "(mlflow.server._run_server)": lambda patch: patch.setitem(
+        internals.SERVER_ENVIRONMENT_NAMES, "SERVE_ARTIFACTS_ENV_VAR", "_MLFLOW_SERVE_ARTIFACTS"
+    ),
     "starlette.middleware.wsgi.build_environ": lambda patch: patch.setattr(
         internals, "_starlette_build_environ", lambda: lambda scope, body: {}
     ),
