@@ -86,7 +86,11 @@ def test_a_database_written_by_an_older_mlflow_upgrades_without_losing_anything(
     written = write_tracking_content(url, tmp_path / "artifacts")
     assert schema_revision(postgres, name) == older_head_revision()
     # What the older MLflow wrote, so an empty read-back cannot pass for a complete one.
-    assert [e["lifecycle_stage"] for e in written["experiments"]] == ["active", "deleted"]
+    assert [(e["name"], e["lifecycle_stage"]) for e in written["experiments"]] == [
+        ("Default", "active"),
+        ("older-mlflow-churn", "active"),
+        ("older-mlflow-retired", "deleted"),
+    ]
     assert [run["status"] for run in written["runs"]] == ["FINISHED", "FAILED", "RUNNING"]
     assert len(written["runs"][0]["metric_history"]["loss"]) == 20
     assert written["runs"][0]["dataset_inputs"][0]["name"] == "customers"

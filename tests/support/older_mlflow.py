@@ -148,6 +148,7 @@ def write_tracking_content(database_url: str, artifact_root: Path) -> dict[str, 
     """Fill the database with tracking_content.write using the older MLflow; return that
     MLflow's snapshot of it. The URL travels in the environment, never on a command line."""
     python = older_mlflow_python()
+    artifact_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="older-mlflow-writer-") as work:
         out = Path(work) / "snapshot.json"
         env = {
@@ -160,7 +161,7 @@ def write_tracking_content(database_url: str, artifact_root: Path) -> dict[str, 
         result = subprocess.run(
             [str(python), tracking_content.__file__, str(artifact_root), str(out)],
             env=env,
-            cwd=work,
+            cwd=artifact_root,  # where the Default experiment's ./mlruns lands
             capture_output=True,
             text=True,
             check=False,

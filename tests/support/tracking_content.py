@@ -145,7 +145,9 @@ def snapshot(client: Any) -> dict[str, Any]:
     experiments = [
         experiment
         for experiment in client.search_experiments(view_type=ViewType.ALL)
-        if experiment.name.startswith(EXPERIMENT_PREFIX)
+        # The Default experiment too: every store creates it, so the searches below always
+        # have an experiment to search.
+        if experiment.name.startswith(EXPERIMENT_PREFIX) or experiment.experiment_id == "0"
     ]
     experiment_ids = [experiment.experiment_id for experiment in experiments]
     runs = client.search_runs(experiment_ids, run_view_type=ViewType.ALL, order_by=["start_time"])
