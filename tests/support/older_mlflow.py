@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -82,7 +83,7 @@ def _is_current(python: Path, marker: Path, spec: str) -> bool:
     if not marker.exists() or marker.read_text() != spec:
         return False
     probe = subprocess.run(
-        [str(python), "-c", "import mlflow; print(mlflow.__version__)"],
+        [str(python), "-c", "import importlib.metadata as m; print(m.version('mlflow-skinny'))"],
         capture_output=True,
         text=True,
         check=False,
@@ -109,6 +110,7 @@ def _run(argv: list[str]) -> None:
         raise RuntimeError(f"{' '.join(argv[:3])} failed:\n{result.stdout}{result.stderr}")
 
 
+@functools.cache
 def older_head_revision() -> str:
     """The head revision of the older MLflow's migrations, read in its own interpreter
     (its migration scripts import its own MLflow)."""
