@@ -83,7 +83,6 @@ def write(tracking_uri: str, artifact_root: Path) -> None:
             )
         ],
     )
-    client.set_terminated(baseline, "FINISHED", end_time=T0 + 60_000)
 
     child = client.create_run(
         churn, start_time=T0 + 1, tags={"mlflow.parentRunId": baseline}, run_name="child"
@@ -134,6 +133,8 @@ def write(tracking_uri: str, artifact_root: Path) -> None:
     trace_id = mlflow.get_last_active_trace_id()
     assert trace_id is not None
     client.set_trace_tag(trace_id, "reviewed", "yes")
+    # After the trace: leaving start_run above ended the run at the current time.
+    client.set_terminated(baseline, "FINISHED", end_time=T0 + 60_000)
 
 
 def snapshot(client: Any) -> dict[str, Any]:
