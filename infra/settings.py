@@ -95,8 +95,8 @@ MAX_DYNO_COUNT: Final = 100
 # The most MLflow workers (WEB_CONCURRENCY) a dyno runs; the image refuses more.
 MAX_MLFLOW_WORKERS: Final = 16
 # Peak memory of the whole dyno under artifact uploads, one worker (uvicorn alone) or workers
-# forked from one import (gunicorn --preload), rounded up for headroom (docs/benchmark.md, runs
-# J, K and M).
+# forked from one import (gunicorn --preload), rounded up for headroom (docs/benchmark.md, "Forked
+# workers").
 SINGLE_WORKER_MEMORY_MB: Final = 360
 FORKED_BASE_MEMORY_MB: Final = 300
 FORKED_WORKER_MEMORY_MB: Final = 60

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import bcrypt
 
-# nginx runs crypt() on every authenticated request, so the hash cost is paid per request
-# (measured here: bcrypt cost 4 1.3 ms, 5 2.4 ms, 10 78 ms, 12 306 ms). The plain password
-# already sits in the dyno's environment, and online guessing is throttled by nginx's
-# rate limit, so a slow hash would buy little and cost latency on every call: cost 5 keeps
-# the check at ~2 ms (under 1% of the p99 budget) while staying a salted bcrypt hash.
+# nginx runs crypt() on every request it checks against this file, so the hash cost is paid
+# per request (docs/benchmark.md, "Login check"). The plain password already sits in the
+# dyno's environment, and online guessing is throttled by nginx's rate limit, so a slow hash
+# would buy little and cost latency on every call: cost 5 stays a salted bcrypt hash.
 BCRYPT_COST = 5
 BCRYPT_MAX_PASSWORD_BYTES = 72  # bcrypt ignores (bcrypt 5: rejects) anything longer
 

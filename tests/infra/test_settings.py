@@ -399,8 +399,8 @@ def outcome(config: Mapping[str, str], secret_keys: set[str] = SECRET) -> Settin
 
 
 def test_forked_workers_memory_model_fits_three_on_512_mb() -> None:
-    """Workers forked from one import share its memory (docs/benchmark.md, run K), so a basic
-    dyno takes three if the connections fit; four would not fit its 512 MB."""
+    """Workers forked from one import share its memory (docs/benchmark.md, "Forked workers"),
+    so a basic dyno takes three if the connections fit; four would not fit its 512 MB."""
     three = {"mlflowWorkers": "3", "dbPoolSize": "1", "dbMaxOverflow": "1"}
     assert load_config(three).mlflow_workers == 3
     assert "allowed: 1 to 3 (or a larger dynoSize)" in problem({**three, "mlflowWorkers": "4"})
