@@ -11,7 +11,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 from mlflow_heroku_runtime import backup
 from mlflow_heroku_runtime.backup import BackupError
@@ -23,7 +22,9 @@ from tests.support.services import (
     S3Server,
     free_port,
     heroku_env,
+    own_database,
     running_stack,
+    sql,
 )
 
 URL = "postgres://alice:p%40ss@db.example.com:5432/d1"
@@ -63,25 +64,8 @@ def test_a_bad_label_or_retention_is_refused_before_anything_runs() -> None:
 
 @pytest.fixture
 def fresh_database(postgres: PostgresCluster) -> Iterator[tuple[str, str]]:
-    """A database of its own in the shared cluster: (name, Heroku-style URL)."""
-    name = f"drill_{time.time_ns()}"
-    admin(postgres, f'CREATE DATABASE "{name}"')
-    try:
-        yield name, postgres.url.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        admin(postgres, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def admin(postgres: PostgresCluster, statement: str) -> None:
-    with psycopg.connect(
-        host="127.0.0.1",
-        port=postgres.port,
-        user=postgres.user,
-        password=postgres.password,
-        dbname="postgres",
-        autocommit=True,
-    ) as connection:
-        connection.execute(statement)
+    with own_database(postgres, "drill") as database:
+        yield database
 
 
 def run_backup(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -147,8 +131,8 @@ def test_restore_drill(
     assert env["MLFLOW_TRACKING_PASSWORD"] not in made.stderr
     assert postgres.password not in made.stderr
 
-    admin(postgres, f'DROP DATABASE "{name}" WITH (FORCE)')
-    admin(postgres, f'CREATE DATABASE "{name}"')
+    sql(postgres, f'DROP DATABASE "{name}" WITH (FORCE)')
+    sql(postgres, f'CREATE DATABASE "{name}"')
     restored = run_backup(env, "restore", "latest")
     assert restored.returncode == 0, restored.stderr
     assert restored.stdout.strip() == key

@@ -6,9 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import psycopg
 import pytest
 from alembic.script import ScriptDirectory
 
@@ -18,38 +16,29 @@ from tests.support.older_mlflow import (
     older_head_revision,
     write_tracking_content,
 )
-from tests.support.services import PostgresCluster, S3Server, free_port, heroku_env, running_stack
+from tests.support.services import (
+    PostgresCluster,
+    S3Server,
+    free_port,
+    heroku_env,
+    own_database,
+    running_stack,
+    sql,
+)
 
 pytestmark = pytest.mark.integration
-
-
-def admin(postgres: PostgresCluster, statement: str, database: str = "postgres") -> list[Any]:
-    with psycopg.connect(
-        host="127.0.0.1",
-        port=postgres.port,
-        user=postgres.user,
-        password=postgres.password,
-        dbname=database,
-        autocommit=True,
-    ) as connection:
-        cursor = connection.execute(statement)
-        return cursor.fetchall() if cursor.description else []
 
 
 @pytest.fixture
 def older_database(postgres: PostgresCluster) -> Iterator[tuple[str, str]]:
     """A database of its own in the shared cluster: (name, Heroku-style URL)."""
-    name = f"older_mlflow_{time.time_ns()}"
-    admin(postgres, f'CREATE DATABASE "{name}"')
-    try:
-        yield name, postgres.url.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        admin(postgres, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with own_database(postgres, "older_mlflow") as database:
+        yield database
 
 
 def schema_revision(postgres: PostgresCluster, database: str) -> str:
     """The Alembic revision the database's schema is at."""
-    ((revision,),) = admin(postgres, "SELECT version_num FROM alembic_version", database)
+    ((revision,),) = sql(postgres, "SELECT version_num FROM alembic_version", database)
     return str(revision)
 
 

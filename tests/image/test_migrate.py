@@ -22,6 +22,7 @@ from tests.support.services import (
     S3Server,
     free_port,
     heroku_env,
+    own_database,
     start_stack,
 )
 
@@ -69,7 +70,6 @@ def test_the_app_waits_for_the_migration_flag(tmp_path: Path) -> None:
 @pytest.mark.parametrize("reaped", [True, False], ids=["exited", "zombie"])
 def test_the_app_stops_waiting_when_the_supervisor_is_gone(tmp_path: Path, reaped: bool) -> None:
     """Also when the killed supervisor is a zombie its parent has not reaped yet."""
-    import time
 
     gone = subprocess.Popen(["true"])
     if reaped:
@@ -88,13 +88,9 @@ def test_the_app_stops_waiting_when_the_supervisor_is_gone(tmp_path: Path, reape
     assert "the supervisor exited before the database was migrated" in err
 
 
-def _migrate(url: str) -> subprocess.CompletedProcess[str]:
-    """The supervisor's migration child, as the supervisor runs it."""
-    import sys
-
-    from tests.support.services import ENTRYPOINT
-
-    env = {
+def _migration_env(url: str) -> dict[str, str]:
+    """The environment the supervisor gives its migration child."""
+    return {
         **os.environ,
         "PYTHONPATH": str(ENTRYPOINT.parent),
         "_MLFLOW_SERVER_FILE_STORE": url,
@@ -102,6 +98,13 @@ def _migrate(url: str) -> subprocess.CompletedProcess[str]:
         "MLFLOW_HEROKU_DB_WAIT_SECONDS": "5",
         "MLFLOW_DISABLE_TELEMETRY": "true",
     }
+
+
+def _migrate(url: str) -> subprocess.CompletedProcess[str]:
+    """The supervisor's migration child, as the supervisor runs it."""
+    import sys
+
+    env = _migration_env(url)
     return subprocess.run(
         [sys.executable, "-m", "mlflow_heroku_runtime.migrate"],
         env=env,
@@ -159,37 +162,12 @@ def test_a_failed_migration_exits_4_naming_the_cause(tmp_path: Path) -> None:
 @pytest.fixture
 def empty_postgres_database(postgres: PostgresCluster) -> Iterator[str]:
     """A new, empty database in the session's cluster; its SQLAlchemy URL."""
-    name = f"migrate_{time.time_ns()}"
-    _admin(postgres, f'CREATE DATABASE "{name}"')
-    try:
-        yield to_sqlalchemy_url(postgres.url.rsplit("/", 1)[0] + f"/{name}").render_as_string(
-            hide_password=False
-        )
-    finally:
-        _admin(postgres, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def _admin(postgres: PostgresCluster, statement: str) -> None:
-    with psycopg.connect(
-        host="127.0.0.1",
-        port=postgres.port,
-        user=postgres.user,
-        password=postgres.password,
-        dbname="postgres",
-        autocommit=True,
-    ) as connection:
-        connection.execute(statement)
+    with own_database(postgres, "migrate") as (_name, url):
+        yield to_sqlalchemy_url(url).render_as_string(hide_password=False)
 
 
 def _migration_child(url: str) -> subprocess.Popen[str]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ENTRYPOINT.parent),
-        "_MLFLOW_SERVER_FILE_STORE": url,
-        "_MLFLOW_HEROKU_DB_DESCRIPTION": "the test database",
-        "MLFLOW_HEROKU_DB_WAIT_SECONDS": "5",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-    }
+    env = _migration_env(url)
     return subprocess.Popen(
         [sys.executable, "-m", "mlflow_heroku_runtime.migrate"],
         env=env,

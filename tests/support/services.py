@@ -202,6 +202,11 @@ def postgres_cluster(
 
 
 def _create_database(cluster: PostgresCluster) -> None:
+    sql(cluster, f'CREATE DATABASE "{cluster.database}"')
+
+
+def sql(cluster: PostgresCluster, statement: str, database: str = "postgres") -> list[Any]:
+    """Run one statement as the cluster's owner (autocommit); its rows, if any."""
     import psycopg  # the image's driver; imported late so this module stays cheap to import
 
     with psycopg.connect(
@@ -209,10 +214,22 @@ def _create_database(cluster: PostgresCluster) -> None:
         port=cluster.port,
         user=cluster.user,
         password=cluster.password,
-        dbname="postgres",
+        dbname=database,
         autocommit=True,
     ) as connection:
-        connection.execute(f'CREATE DATABASE "{cluster.database}"')
+        cursor = connection.execute(statement)
+        return cursor.fetchall() if cursor.description else []
+
+
+@contextlib.contextmanager
+def own_database(cluster: PostgresCluster, prefix: str) -> Iterator[tuple[str, str]]:
+    """A new, empty database in the cluster, dropped at exit: (name, Heroku-style URL)."""
+    name = f"{prefix}_{time.time_ns()}"
+    sql(cluster, f'CREATE DATABASE "{name}"')
+    try:
+        yield name, cluster.url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        sql(cluster, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 # --------------------------------------------------------------------------- S3 (moto)
