@@ -30,11 +30,15 @@ OBJECT_ACTIONS = (
     "s3:ListMultipartUploadParts",
 )
 KMS_ACTIONS = ("kms:GenerateDataKey", "kms:Decrypt")
+# The database backups' prefix in the same bucket (the image's backup command writes there:
+# image/mlflow_heroku_runtime/backup.py); the same key reaches it and nothing else.
+BACKUP_PREFIX = "backups"
 INCOMPLETE_UPLOAD_DAYS = 7
 
 
 def user_policy_document(bucket_arn: str, prefix: str, kms_key_arn: str | None) -> dict[str, Any]:
-    """The IAM user's inline policy: objects under the prefix, listing limited to the prefix."""
+    """The IAM user's inline policy: objects under the artifact prefix and the backup prefix,
+    listing limited to those."""
     statements: list[dict[str, Any]] = [
         {
             "Sid": "MlflowArtifactObjects",
@@ -59,6 +63,21 @@ def user_policy_document(bucket_arn: str, prefix: str, kms_key_arn: str | None) 
                 "Resource": kms_key_arn,
             }
         )
+    statements += [
+        {
+            "Sid": "MlflowBackupObjects",
+            "Effect": "Allow",
+            "Action": list(OBJECT_ACTIONS),
+            "Resource": f"{bucket_arn}/{BACKUP_PREFIX}/*",
+        },
+        {
+            "Sid": "MlflowBackupListing",
+            "Effect": "Allow",
+            "Action": "s3:ListBucket",
+            "Resource": bucket_arn,
+            "Condition": {"StringLike": {"s3:prefix": [f"{BACKUP_PREFIX}/*"]}},
+        },
+    ]
     return {"Version": "2012-10-17", "Statement": statements}
 
 

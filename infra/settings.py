@@ -308,6 +308,8 @@ def check_bucket_name(value: str) -> str | None:
 
 
 def check_artifact_prefix(value: str) -> str | None:
+    if value.split("/", 1)[0] == "backups":
+        return "is where the database backups go; choose another prefix, e.g. artifacts"
     if _S3_PREFIX.fullmatch(value) and len(value) <= 512 and "/../" not in f"/{value}/":
         return None
     return (

@@ -448,6 +448,15 @@ def test_shared_limits_agree() -> None:
     assert stack_settings.MIN_PASSWORD_LENGTH >= image_settings.MIN_PASSWORD_LENGTH
 
 
+def test_the_backup_prefix_the_key_reaches_is_where_the_image_writes_backups() -> None:
+    from mlflow_heroku_runtime import backup
+
+    from infra.artifact_store import BACKUP_PREFIX
+
+    target = backup.backup_target({"S3_URI": "s3://team-bucket/artifacts"})
+    assert (target.bucket, target.prefix) == ("team-bucket", BACKUP_PREFIX)
+
+
 def test_image_defaults_are_the_programs_defaults() -> None:
     """The image's defaults (what a dyno without the var runs) are the stack defaults."""
     pairs = {

@@ -267,7 +267,11 @@ def test_iam_user_may_touch_only_objects_under_the_prefix(dev: ProgramRun) -> No
         assert statement["Resource"] != "*"
         forbidden = ("Acl", "Policy", "Tagging", "Replication", "DeleteBucket", "PutBucket")
         assert not any(word in action for action in actions for word in forbidden)
-    objects, listing = statements
+    objects, listing, backup_objects, backup_listing = statements
+    assert backup_objects["Action"] == list(OBJECT_ACTIONS)
+    assert backup_objects["Resource"] == f"{arn}/backups/*"
+    assert backup_listing["Condition"] == {"StringLike": {"s3:prefix": ["backups/*"]}}
+    assert backup_listing["Resource"] == arn
     assert objects["Action"] == list(OBJECT_ACTIONS)
     assert objects["Resource"] == f"{arn}/artifacts/*"
     assert listing == {

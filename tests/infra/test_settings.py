@@ -145,6 +145,7 @@ BAD_VALUES = [
     ("artifactPrefix", "/artifacts", "'/artifacts' is not a valid artifact prefix"),
     ("artifactPrefix", "a//b", "'a//b' is not a valid artifact prefix"),
     ("artifactPrefix", "a/../b", "'a/../b' is not a valid artifact prefix"),
+    ("artifactPrefix", "backups/x", "'backups/x' is where the database backups go"),
     ("bucketVersioning", "yes", "'yes' is not a boolean; allowed: true or false"),
     ("protectData", "1", "mlflow-heroku:protectData: '1' is not a boolean"),
     ("noncurrentVersionExpirationDays", "0", "0 is out of range; allowed: 1 to 3650"),
