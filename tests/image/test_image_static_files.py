@@ -4,13 +4,10 @@ package: behind the login, byte for byte, with cache headers, never through an M
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gzip
 import itertools
-import os
 import re
 import shutil
-import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -18,12 +15,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from mlflow_heroku_runtime import htpasswd, nginx_config
-from mlflow_heroku_runtime.settings import load_settings
+from mlflow_heroku_runtime import nginx_config
 
-from tests.image.runtime_values import GOOD_ENV
 from tests.image.test_image_dockerfile import compress_ui_copy
-from tests.support.services import Stack, free_port, wait_for_port
+from tests.support.nginx_alone import USERNAME, nginx_alone
+from tests.support.services import Stack
 
 pytestmark = pytest.mark.integration
 
@@ -151,57 +147,11 @@ def test_a_missing_ui_file_is_a_plain_404_that_is_not_kept(stack: Stack) -> None
 
 @contextlib.contextmanager
 def nginx_on(ui_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str]]:
-    """A real nginx on the rendered config with its UI directory set to ui_dir (no MLflow
-    behind it); yields its base URL and the login's Authorization header."""
-    import pwd
-
-    runtime = Path(tempfile.mkdtemp(prefix="ui-nginx-"))  # reachable by nginx's workers
-    try:
-        port = free_port()
-        monkeypatch.setattr(nginx_config, "mlflow_ui_dir", lambda: ui_dir)
-        settings = dataclasses.replace(
-            load_settings(GOOD_ENV),
-            port=port,
-            username="alice",
-            password="s3cret-pw",
-            listen_address="127.0.0.1",
-            auth_failures_per_minute=100,
-        )
-        htpasswd_path = runtime / "htpasswd"
-        htpasswd.write_htpasswd(htpasswd_path, "alice", "s3cret-pw")
-        worker_user = ""
-        if os.geteuid() == 0:  # as root, nginx workers run as nobody
-            nobody = pwd.getpwnam("nobody")
-            os.chown(htpasswd_path, nobody.pw_uid, nobody.pw_gid)
-            runtime.chmod(0o711)
-            worker_user = "nobody nogroup"
-        config = runtime / "nginx.conf"
-        config.write_text(
-            nginx_config.render(
-                settings,
-                runtime_dir=runtime,
-                htpasswd_path=htpasswd_path,
-                mlflow_ports=[free_port()],
-                worker_user=worker_user,
-            )
-        )
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        process = subprocess.Popen(
-            [nginx, "-e", "stderr", "-p", str(runtime), "-c", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            assert wait_for_port(port, 5)
-            yield (
-                f"http://127.0.0.1:{port}",
-                nginx_config.expected_authorization("alice", "s3cret-pw"),
-            )
-        finally:
-            process.terminate()
-            process.wait(10)
-    finally:
-        shutil.rmtree(runtime, ignore_errors=True)
+    """nginx_alone with its UI directory set to ui_dir; yields its base URL and the login's
+    Authorization header."""
+    monkeypatch.setattr(nginx_config, "mlflow_ui_dir", lambda: ui_dir)
+    with nginx_alone(auth_failures_per_minute=100) as base_url:
+        yield base_url, nginx_config.expected_authorization(USERNAME, "s3cret-pw")
 
 
 def test_the_images_precompressed_files_are_sent_as_they_are(

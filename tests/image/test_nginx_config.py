@@ -16,6 +16,7 @@ from mlflow_heroku_runtime import htpasswd, nginx_config
 from mlflow_heroku_runtime.settings import DEFAULTS, load_settings
 
 from tests.image.runtime_values import GOOD_ENV, TRICKY_PASSWORDS
+from tests.support.nginx_alone import nginx_alone
 
 
 def _render(
@@ -162,45 +163,9 @@ def test_rendered_config_passes_nginx_t(tmp_path: Path, max_body_size: str, user
 
 @contextlib.contextmanager
 def _nginx_with_login(password: str, htpasswd_password: str | None = None) -> Iterator[str]:
-    """Real nginx on the rendered config for alice:password (its exact-header fast path),
-    with an htpasswd file for alice:htpasswd_password (bcrypt's path; default the same);
-    yields the URL of a route nginx passes on to MLflow. No MLflow behind it: a request past
-    the login gets 503."""
-    import pwd
-    import shutil
-    import tempfile
-
-    from tests.support.services import free_port, wait_for_port
-
-    # Under /tmp, not pytest's private tmp_path: nginx's workers (nobody, as root) must be
-    # able to reach the htpasswd file, as in the entrypoint's own runtime dir.
-    runtime = Path(tempfile.mkdtemp(prefix="htpasswd-nginx-"))
-    try:
-        port = free_port()
-        htpasswd_path = runtime / "htpasswd"
-        htpasswd.write_htpasswd(htpasswd_path, "alice", htpasswd_password or password)
-        worker_user = ""
-        if os.geteuid() == 0:  # as root, nginx workers run as nobody and must read the file
-            nobody = pwd.getpwnam("nobody")
-            os.chown(htpasswd_path, nobody.pw_uid, nobody.pw_gid)
-            runtime.chmod(0o711)
-            worker_user = "nobody nogroup"
-        config = runtime / "nginx.conf"
-        config.write_text(_render(runtime, port=port, worker_user=worker_user, password=password))
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        process = subprocess.Popen(
-            [nginx, "-e", "stderr", "-p", str(runtime), "-c", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            assert wait_for_port(port, 5)
-            yield f"http://127.0.0.1:{port}/version"
-        finally:
-            process.terminate()
-            process.wait(10)
-    finally:
-        shutil.rmtree(runtime, ignore_errors=True)
+    """The URL of a route nginx passes on to MLflow, on nginx_alone (see there)."""
+    with nginx_alone(password, htpasswd_password) as base_url:
+        yield f"{base_url}/version"
 
 
 def _status(url: str, authorization: str) -> int:
