@@ -1,9 +1,12 @@
 """A small client for what `heroku container:release` does: Heroku's registry and Platform API.
 
-Read the pushed manifest by digest, take its config digest (the image ID Heroku releases), PATCH the
-app's formation with it, then follow the new release until it succeeds or fails. Errors say what
-was being done, what Heroku answered (its own message) and what to do; the API key never appears
-in them. Rate limits (429) and server errors (5xx) are retried a bounded number of times.
+Read each process type's pushed manifest by digest, take its config digest (the image ID Heroku
+releases), PATCH the app's formation with all of them at once, then follow the new release until
+it succeeds or fails (heroku/cli `container/release.ts`). A failed release's error carries the end
+of its release phase output, read from the release's `output_stream_url`. Errors say what was
+being done, what Heroku answered (its own message) and what to do; the API key and anything that
+looks like a secret never appear in them. Rate limits (429) and server errors (5xx) are retried a
+bounded number of times.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import requests
+import urllib3
 
 API_BASE_URL: Final = "https://api.heroku.com"
 REGISTRY_BASE_URL: Final = "https://registry.heroku.com"
@@ -45,10 +50,41 @@ MANIFEST_FIX: Final = (
     "(buildx: --provenance=false --sbom=false), then push again"
 )
 
+# Heroku runs the image released as this process type in a one-off dyno (DYNO=release.<n>) before
+# a release's other dynos boot; a non-zero exit fails the release (Dev Center: "Release Phase").
+RELEASE_PHASE_PROCESS_TYPE: Final = "release"
+
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _RETRIED_STATUSES = (500, 502, 503, 504)
 _MESSAGE_LIMIT = 500
 _MIN_REQUEST_SECONDS = 1.0  # a request near the deadline still gets this long
+
+# Reading a failed release's output: bounded in time and size, only its end is kept and shown.
+OUTPUT_SECONDS: Final = 20.0
+OUTPUT_MAX_BYTES: Final = 4 * 1024 * 1024
+OUTPUT_KEEP_BYTES: Final = 64 * 1024
+OUTPUT_LINES: Final = 30
+OUTPUT_LINE_CHARS: Final = 300
+# The stream answers 404 until the release command has started; the CLI retries that.
+_OUTPUT_ATTEMPTS = 3
+_REDACTED = "<redacted>"
+# Values that look like secrets, whatever printed them: credentials in URLs, NAME=value or
+# "Name: value" where the name says password/secret/token/key, bearer/basic tokens, AWS key IDs.
+_SECRET_PATTERNS: Final = (
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 " + _REDACTED),
+    (re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*):[^@\s/]+@"), r"\1:" + _REDACTED + "@"),
+    (
+        re.compile(
+            r"(?i)\b([A-Z0-9_.-]*(?:PASSWORD|PASSWD|SECRET|TOKEN|API[_-]?KEY|ACCESS[_-]?KEY"
+            r"|PRIVATE[_-]?KEY|CREDENTIALS?|AUTHORIZATION)[A-Z0-9_.-]*)([\"']?\s*[=:]\s*)"
+            r"(\"[^\"]*\"|'[^']*'|[^\s,;]+)"
+        ),
+        r"\1\2" + _REDACTED,
+    ),
+    (re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"), _REDACTED),
+)
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 class HerokuApiError(Exception):
@@ -61,6 +97,39 @@ class Release:
     version: int
     status: str
     description: str
+    # Where the release command's output streams (text/plain or text/event-stream); None when
+    # the app has no release phase. A capability URL: never printed.
+    output_stream_url: str | None = None
+
+
+@dataclass(frozen=True)
+class ReleaseOutput:
+    """The end of a release phase's output, scrubbed; `problem` says why there is none."""
+
+    lines: list[str] = field(default_factory=list)
+    problem: str | None = None
+    cut_short: bool = False
+
+
+def scrub_secrets(text: str, known_secrets: Iterable[str] = ()) -> str:
+    """`text` with each known secret, and every value that looks like a secret, replaced."""
+    for secret in sorted((s for s in known_secrets if s), key=len, reverse=True):
+        text = text.replace(secret, _REDACTED)
+    for pattern, replacement in _SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def printable_lines(text: str) -> list[str]:
+    """Lines as a terminal would show them: colour codes dropped, a carriage return starts the
+    line over (progress bars), other control characters removed, blank lines skipped."""
+    lines = []
+    for raw in text.split("\n"):
+        shown = _ANSI_ESCAPE.sub("", raw.rstrip("\r")).rsplit("\r", 1)[-1]
+        line = _CONTROL.sub("", shown).rstrip()
+        if line.strip():
+            lines.append(line)
+    return lines
 
 
 def parse_repo_digest(repo_digest: str) -> tuple[str, str]:
@@ -108,7 +177,7 @@ class HerokuClient:
     # -- HTTP plumbing -------------------------------------------------------------------------
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._api_key, "<api key>")[:_MESSAGE_LIMIT]
+        return scrub_secrets(text.replace(self._api_key, "<api key>"))[:_MESSAGE_LIMIT]
 
     def _request(
         self,
@@ -288,23 +357,35 @@ class HerokuClient:
         )
         return _release(response.json())
 
-    def release_image(
+    def release_images(
         self,
         app: str,
-        process_type: str,
-        image_id: str,
+        images: Mapping[str, str],
         timeout: float,
         poll_interval: float = 3.0,
     ) -> Release:
-        """PATCH the formation to `image_id`, then wait for the release it creates to finish."""
+        """PATCH the formation so each process type in `images` runs its image ID, in one
+        request as `heroku container:release web release` does, then wait for the release it
+        creates to finish (its release phase first, when `release` is among the types)."""
+        if not images:
+            raise ValueError("no process type to release")
+        types = " and ".join(images)
+        ids = set(images.values())
+        target = (
+            f"image {next(iter(ids))}"
+            if len(ids) == 1
+            else "images " + ", ".join(f"{kind}={image}" for kind, image in images.items())
+        )
         before = self.latest_release(app)
         previous_version = before.version if before is not None else 0
         self._request(
             "PATCH",
             f"{self._api}/apps/{app}/formation",
-            f"updating the {process_type} formation of app {app!r} to image {image_id}",
+            f"updating the {types} formation of app {app!r} to {target}",
             self._api_headers(DOCKER_RELEASES_ACCEPT),
-            body={"updates": [{"type": process_type, "docker_image": image_id}]},
+            body={
+                "updates": [{"type": kind, "docker_image": image} for kind, image in images.items()]
+            },
         )
         # The status reads share the deadline, so a failing or throttling API cannot stretch
         # the wait past it by its own retries.
@@ -320,34 +401,161 @@ class HerokuClient:
             if release is not None and release.status == "succeeded":
                 return release
             if release is not None and release.status == "failed":
-                raise HerokuApiError(
-                    f"Heroku release v{release.version} of app {app!r} failed: "
-                    f'"{self._scrub(release.description)}"; see '
-                    f"`heroku releases:output {release.version} --app {app}`"
-                )
+                raise HerokuApiError(self._failure_message(app, release))
             if self._clock() >= deadline:
-                state = (
-                    f"v{release.version} is still {release.status}"
-                    if release is not None
-                    else "no new release appeared"
-                )
                 raise HerokuApiError(
-                    f"the release of image {image_id} to app {app!r} did not finish within "
-                    f"{timeout:g} s ({state}); see `heroku releases --app {app}`, then run "
-                    "`pulumi up` again"
+                    self._timeout_message(app, types, target, timeout, release, images)
                 )
             self._sleep(poll_interval)
+
+    def _failure_message(self, app: str, release: Release) -> str:
+        version = release.version
+        said = self._scrub(release.description)
+        message = f"Heroku release v{version} of app {app!r} failed" + (
+            f': "{said}"' if said else ""
+        )
+        if release.output_stream_url is None:
+            return (
+                f"{message}. Heroku did not switch to it: the previous release keeps serving. "
+                f"See `heroku releases:output {version} --app {app}` and "
+                f"`heroku logs --app {app}`, fix the cause, then run `pulumi up` again."
+            )
+        message += (
+            f". Its release phase (the `{RELEASE_PHASE_PROCESS_TYPE}` process) exited non-zero "
+            "or was stopped, so Heroku did not switch to it: the previous release keeps "
+            "serving."
+        )
+        output = self.release_output(release.output_stream_url)
+        if output.lines:
+            heading = f"Last {len(output.lines)} lines of the release phase output"
+            if output.cut_short:
+                heading += " (read cut short: the output was too long or too slow)"
+            shown = "\n".join(f"  | {line}" for line in output.lines)
+            return (
+                f"{message}\n{heading}:\n{shown}\n"
+                f"Read the output (all of it: `heroku releases:output {version} --app {app}`), "
+                "fix the cause, then run `pulumi up` again."
+            )
+        return (
+            f"{message} Its output could not be read here ({output.problem}): read it with "
+            f"`heroku releases:output {version} --app {app}` (an image without curl leaves "
+            f"it in the app's log only: `heroku logs --app {app} --dyno "
+            f"{RELEASE_PHASE_PROCESS_TYPE}`), fix the cause, then run `pulumi up` again."
+        )
+
+    def _timeout_message(
+        self,
+        app: str,
+        types: str,
+        target: str,
+        timeout: float,
+        release: Release | None,
+        images: Mapping[str, str],
+    ) -> str:
+        prefix = (
+            f"the release of {target} ({types}) to app {app!r} did not finish within {timeout:g} s"
+        )
+        if release is None:
+            return (
+                f"{prefix} (no new release appeared); see `heroku releases --app {app}`, then "
+                "run `pulumi up` again"
+            )
+        state = f"v{release.version} is still {release.status}"
+        if release.status == "pending" and (
+            RELEASE_PHASE_PROCESS_TYPE in images or release.output_stream_url is not None
+        ):
+            return (
+                f"{prefix} ({state}: its release phase may still be running). Until it "
+                "succeeds the previous release keeps serving. Follow it with "
+                f"`heroku releases:output {release.version} --app {app}`; once "
+                f"`heroku releases --app {app}` shows it finished, run `pulumi up` again "
+                "(a longer wait: releaseTimeoutSeconds)"
+            )
+        return f"{prefix} ({state}); see `heroku releases --app {app}`, then run `pulumi up` again"
+
+    def release_output(self, url: str) -> ReleaseOutput:
+        """The end of a release command's output, read from the release's `output_stream_url`
+        for at most OUTPUT_SECONDS and OUTPUT_MAX_BYTES, secrets scrubbed. The URL is Heroku's
+        own capability URL for the stream: no Authorization header goes there (the CLI sends
+        none either), and the URL never appears in a message."""
+        if urlsplit(url).scheme not in ("https", "http"):
+            return ReleaseOutput(problem="Heroku gave an output URL that is not HTTP(S)")
+        deadline = self._clock() + OUTPUT_SECONDS
+        problem = "no answer"
+        for attempt in range(1, _OUTPUT_ATTEMPTS + 1):
+            if attempt > 1:
+                if self._clock() + self._retry_delay >= deadline:
+                    break
+                self._sleep(self._retry_delay)
+            left = max(deadline - self._clock(), _MIN_REQUEST_SECONDS)
+            try:
+                with self._session.get(
+                    url,
+                    headers={"Accept": "text/plain", "User-Agent": "mlflow-heroku-release"},
+                    stream=True,
+                    timeout=(min(10.0, left), min(10.0, left)),
+                ) as response:
+                    if response.status_code == 404:
+                        problem = "the output stream does not exist (404)"
+                        continue
+                    if response.status_code in _RETRIED_STATUSES:
+                        problem = f"the output stream answered {response.status_code}"
+                        continue
+                    if response.status_code >= 300:
+                        return ReleaseOutput(
+                            problem=f"the output stream answered {response.status_code}"
+                        )
+                    tail, cut_short = self._read_tail(response, deadline)
+            except requests.RequestException as error:
+                problem = f"reading the output stream failed: {type(error).__name__}"
+                continue
+            return self._output_of(tail, cut_short)
+        return ReleaseOutput(problem=problem)
+
+    def _read_tail(self, response: requests.Response, deadline: float) -> tuple[bytes, bool]:
+        """The last OUTPUT_KEEP_BYTES of the body; True when reading stopped at a bound."""
+        tail = bytearray()
+        total = 0
+        try:
+            while True:
+                # read1: whatever has arrived, so a trickling stream still meets the deadline
+                # (iter_content would wait for each whole chunk).
+                chunk = response.raw.read1(8192, decode_content=True)
+                if not chunk:
+                    return bytes(tail), total > len(tail)
+                total += len(chunk)
+                tail += chunk
+                if len(tail) > OUTPUT_KEEP_BYTES:
+                    del tail[: len(tail) - OUTPUT_KEEP_BYTES]
+                if total >= OUTPUT_MAX_BYTES or self._clock() >= deadline:
+                    return bytes(tail), True
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError):
+            if not tail:
+                raise requests.ConnectionError("the output stream broke off") from None
+            return bytes(tail), True  # a stream that stalls or drops: show what arrived
+
+    def _output_of(self, tail: bytes, cut_short: bool) -> ReleaseOutput:
+        text = tail.decode("utf-8", errors="replace")
+        lines = printable_lines(scrub_secrets(text, [self._api_key]))
+        if cut_short and lines:
+            lines = lines[1:]  # the first line kept may be the end of a longer one
+        lines = [line[:OUTPUT_LINE_CHARS] for line in lines[-OUTPUT_LINES:]]
+        if not lines:
+            return ReleaseOutput(problem="the output stream was empty", cut_short=cut_short)
+        return ReleaseOutput(lines=lines, cut_short=cut_short)
 
 
 def _release(data: Any) -> Release:
     try:
+        stream = data.get("output_stream_url")
         return Release(
             id=str(data["id"]),
             version=int(data["version"]),
             status=str(data["status"]),
             description=str(data.get("description") or ""),
+            output_stream_url=stream if isinstance(stream, str) and stream else None,
         )
-    except (KeyError, TypeError, ValueError):
+    except (AttributeError, KeyError, TypeError, ValueError):
         raise HerokuApiError("Heroku returned a release without id, version or status") from None
 
 

@@ -1,4 +1,5 @@
-"""The container image: built from image/ for linux/amd64, pushed to Heroku's registry."""
+"""The container image: built from image/ for linux/amd64, pushed to Heroku's registry as the
+web process type's image and, the same image again, as the release process type's."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import pulumi_docker as docker
 
 REGISTRY = "registry.heroku.com"
 PLATFORM = "linux/amd64"
+# Heroku's process types the image is pushed for (`registry.heroku.com/<app>/<type>`).
+WEB_REPOSITORY = "web"
+RELEASE_REPOSITORY = "release"
 # Where `pulumi up` runs: the project directory (the one holding Pulumi.yaml).
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 # Relative, so the build context recorded in the state is the same on every machine.
@@ -42,7 +46,12 @@ def content_tag(context: Path) -> str:
 
 
 class HerokuImage(pulumi.ComponentResource):
-    """Builds and pushes `registry.heroku.com/<app>/web:<content tag>`.
+    """Builds and pushes `registry.heroku.com/<app>/web:<content tag>`, then tags that same
+    local image as `registry.heroku.com/<app>/release:<content tag>` and pushes it too.
+
+    The second push follows `heroku container:release web release` and the Dev Center's release
+    phase instructions ("push a Docker image named release"): the CLI reads each process type's
+    manifest from its own repository. Its layers are already in the registry; no second build.
 
     pulumi-docker 5.2.0's Image sends the build to the Docker Engine's own build API (BuildKit,
     no buildx client). Provenance and SBOM attestations are something the buildx client adds, so
@@ -54,6 +63,7 @@ class HerokuImage(pulumi.ComponentResource):
 
     repo_digest: pulumi.Output[str]
     image_name: pulumi.Output[str]
+    release_repo_digest: pulumi.Output[str]
 
     def __init__(
         self,
@@ -66,24 +76,55 @@ class HerokuImage(pulumi.ComponentResource):
         super().__init__("mlflow-heroku:index:HerokuImage", name, None, opts)
         context_dir = PROJECT_DIR / CONTEXT if context is None else context
         tag = content_tag(context_dir)
+        registry_password = pulumi.Output.secret(api_key)
         self.image = docker.Image(
             "image",
-            image_name=pulumi.Output.concat(REGISTRY, "/", app_name, "/web:", tag),
+            image_name=pulumi.Output.concat(REGISTRY, "/", app_name, f"/{WEB_REPOSITORY}:", tag),
             build=docker.DockerBuildArgs(
                 context=CONTEXT,
                 dockerfile=f"{CONTEXT}/Dockerfile",
                 platform=PLATFORM,
                 builder_version=docker.BuilderVersion.BUILDER_BUILD_KIT,
             ),
-            registry=docker.RegistryArgs(
-                server=REGISTRY,
-                username="_",
-                password=pulumi.Output.secret(api_key),
-            ),
+            registry=docker.RegistryArgs(server=REGISTRY, username="_", password=registry_password),
             skip_push=False,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        # A new web image (a new manifest digest) re-tags and re-pushes the release image; an
+        # unchanged one leaves both alone. Tagging needs the web image in the local Docker
+        # Engine, which it is after a build (docs/operations.md: "No such image").
+        rebuilt = self.image.repo_digest
+        self.release_tag = docker.Tag(
+            "release-tag",
+            source_image=self.image.image_name,
+            target_image=pulumi.Output.concat(
+                REGISTRY, "/", app_name, f"/{RELEASE_REPOSITORY}:", tag
+            ),
+            tag_triggers=[rebuilt],
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.release_image = docker.RegistryImage(
+            "release-image",
+            name=self.release_tag.target_image,
+            auth_config=docker.RegistryImageAuthConfigArgs(
+                address=REGISTRY, username="_", password=registry_password
+            ),
+            triggers={"web_repo_digest": rebuilt},
+            # Like the web image: a replaced or destroyed resource leaves the pushed image alone
+            # (a release Heroku may roll back to runs it).
+            keep_remotely=True,
             opts=pulumi.ResourceOptions(parent=self),
         )
         self.tag = tag
         self.repo_digest = self.image.repo_digest
         self.image_name = self.image.image_name
-        self.register_outputs({"image_name": self.image_name, "repo_digest": self.repo_digest})
+        self.release_repo_digest = pulumi.Output.concat(
+            REGISTRY, "/", app_name, f"/{RELEASE_REPOSITORY}@", self.release_image.sha256_digest
+        )
+        self.register_outputs(
+            {
+                "image_name": self.image_name,
+                "repo_digest": self.repo_digest,
+                "release_repo_digest": self.release_repo_digest,
+            }
+        )

@@ -23,6 +23,8 @@ import pytest
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc
 
+from .heroku_double import DOUBLE_API_KEY, DOUBLE_APP, FakeHeroku, running_fake_heroku
+
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "mlflow-heroku"
 UNKNOWN = rpc.UNKNOWN
@@ -128,10 +130,22 @@ class HerokuAwsMocks(pulumi_mocks.Mocks):
                 "repoDigest": self.computed(f"{repository}@{digest}"),
                 "baseImageName": inputs["imageName"],
             }
+        if kind == "docker:index/tag:Tag":
+            return f"{inputs['sourceImage']}.{inputs['targetImage']}", {
+                **inputs,
+                "sourceImageId": self.computed("sha256:" + "ab" * 32),
+            }
+        if kind == "docker:index/registryImage:RegistryImage":
+            # The same local image pushed to another repository: the same manifest digest.
+            web = inputs["triggers"]["web_repo_digest"]
+            digest = web.rsplit("@", 1)[1] if isinstance(web, str) else UNKNOWN
+            return self.computed(digest), {**inputs, "sha256Digest": self.computed(digest)}
         if kind == "pulumi-python:dynamic/heroku:ContainerRelease":
+            types = ["web", "release"] if inputs.get("release_image_ref") else ["web"]
             return self.computed(f"{inputs['app_name']}/web"), {
                 **{key: value for key, value in inputs.items() if key != "api_key"},
                 "image_id": self.computed("sha256:" + "ab" * 32),
+                "process_types": self.computed(types),
                 "release_id": self.computed(fake_uuid(kind, args.name)),
                 "release_version": self.computed(7),
             }
@@ -294,3 +308,11 @@ def current_event_loop() -> Iterator[None]:
 def program_module() -> ModuleType:
     # Importing pulumi_aws is slow; do it once per session.
     return load_program()
+
+
+@pytest.fixture
+def heroku() -> Iterator[FakeHeroku]:
+    """The local Heroku double (tests/infra/heroku_double.py) with one container-stack app."""
+    with running_fake_heroku(DOUBLE_API_KEY) as fake:
+        fake.add_app(DOUBLE_APP)
+        yield fake

@@ -2,14 +2,19 @@
 
 It follows their documented behaviour for what `heroku container:release` uses:
 - registry: `GET /v2/<app>/<process>/manifests/<digest>` with Basic auth (any user, the API key as
-  password); answers with the stored manifest and its media type as Content-Type; errors in the
-  registry's `{"errors": [{"code", "message"}]}` form.
+  password); answers with the manifest pushed for that process type and its media type as
+  Content-Type; errors in the registry's `{"errors": [{"code", "message"}]}` form.
 - Platform API: `Authorization: Bearer <key>`, `Accept: application/vnd.heroku+json; version=3`
   (the formation PATCH needs the `3.docker-releases` variant); errors as `{"id", "message"}`;
-  `GET /apps/<app>/releases` honours `Range: version ..; max=N, order=desc`; a PATCH of the web
-  formation with a docker image creates a release that stays `pending` for a few reads and then
-  becomes `succeeded` (or `failed`, as scripted), and one web dyno; `PATCH
+  `GET /apps/<app>/releases` honours `Range: version ..; max=N, order=desc`; a PATCH of the
+  formation with `{"updates": [{"type", "docker_image"}, ...]}` (several process types at once)
+  creates one release, and one web dyno. The release stays `pending` for a few reads (while the
+  release command runs, when the formation has a `release` process type; then it carries an
+  `output_stream_url`) and then becomes `succeeded` (or `failed`, as scripted); `PATCH
   /apps/<app>/formation/<type>` with `{"quantity": N}` scales a process type that exists.
+- release output: `GET <output_stream_url>` answers the release command's output as text/plain,
+  without authentication (a capability URL, as the CLI reads it); it can be scripted to answer
+  404 (not started), an error, a very long output, or a stream that trickles and never ends.
 Tests can queue canned answers (429 with Retry-After, 5xx, ...) and read every request made.
 """
 
@@ -21,6 +26,7 @@ import json
 import re
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,9 +34,24 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+# The API key the double accepts and the app the `heroku` fixture (conftest.py) creates.
+DOUBLE_API_KEY = "hrku-0123456789abcdef0123456789abcdef"
+DOUBLE_APP = "acme-mlflow"
 SCHEMA2 = "application/vnd.docker.distribution.manifest.v2+json"
 API_ACCEPT = "application/vnd.heroku+json; version=3"
 DOCKER_RELEASES = "application/vnd.heroku+json; version=3.docker-releases"
+RELEASE_TYPE = "release"
+RELEASE_OUTPUT = [
+    "Running the release phase on release.4213",
+    "Database backup written to s3://acme-bucket/backups/20260102T150405Z.dump",
+    "Migrations: database already at head",
+]
+FAILED_RELEASE_OUTPUT = [
+    "Running the release phase on release.4213",
+    "Database backup written to s3://acme-bucket/backups/20260102T150405Z.dump",
+    "alembic.util.exc.CommandError: Can't locate revision identified by 'ffffffffffff'",
+    "Release phase failed: migrations did not run; the database is unchanged",
+]
 
 
 def schema2_manifest(config_digest: str, media_type: str = SCHEMA2) -> bytes:
@@ -99,6 +120,8 @@ class FakeRelease:
     description: str
     reads_until_done: int
     final_status: str
+    output_stream_url: str | None = None
+    output: str = ""
 
 
 @dataclass
@@ -107,13 +130,18 @@ class FakeHeroku:
     apps: dict[str, str] = field(default_factory=dict)  # app name -> stack
     manifests: dict[tuple[str, str], tuple[str, bytes]] = field(default_factory=dict)
     releases: dict[str, list[FakeRelease]] = field(default_factory=dict)
-    formation_image: dict[str, str] = field(default_factory=dict)
+    # (app, process type) -> the image ID it runs
+    formation_image: dict[tuple[str, str], str] = field(default_factory=dict)
     formation_quantity: dict[tuple[str, str], int] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
     canned: list[tuple[str, str, int, dict[str, str], Any]] = field(default_factory=list)
     pending_reads: int = 2
     next_status: str = "succeeded"
-    failure_description: str = "Deploy 1a2b3c4d failed: release command exited with status 1"
+    failure_description: str = "Deploy 1a2b3c4d"
+    # What the next release's release command prints (None: the scripted default for its
+    # outcome), and how its stream answers: "ok", "missing" (404), "error" (500), "endless".
+    next_output: list[str] | None = None
+    stream_mode: str = "ok"
     base_url: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -125,10 +153,13 @@ class FakeHeroku:
             FakeRelease(str(uuid.uuid4()), 2, "succeeded", "Enable Logplex", 0, "succeeded"),
         ]
 
-    def push(self, app: str, body: bytes, media_type: str = SCHEMA2) -> str:
+    def push(
+        self, app: str, body: bytes, media_type: str = SCHEMA2, process_type: str = "web"
+    ) -> str:
+        """Stores a manifest as `docker push registry.heroku.com/<app>/<process_type>` would."""
         digest = digest_of(body)
-        self.manifests[(f"{app}/web", digest)] = (media_type, body)
-        return f"registry.heroku.com/{app}/web@{digest}"
+        self.manifests[(f"{app}/{process_type}", digest)] = (media_type, body)
+        return f"registry.heroku.com/{app}/{process_type}@{digest}"
 
     def answer_next(
         self,
@@ -154,6 +185,9 @@ class _Handler(BaseHTTPRequestHandler):
         return None  # keep test output quiet
 
     def do_GET(self) -> None:
+        if self.path.startswith("/streams/"):
+            self._stream()
+            return
         self._handle("GET")
 
     def do_PATCH(self) -> None:
@@ -185,6 +219,37 @@ class _Handler(BaseHTTPRequestHandler):
                 self._registry(method)
             else:
                 self._api(method, body)
+
+    # -- release output ----------------------------------------------------------------------
+
+    def _stream(self) -> None:
+        """A release's output stream: text/plain, no authentication (a capability URL)."""
+        fake = self.server.fake
+        release_id = self.path.removeprefix("/streams/")
+        with fake.lock:
+            fake.requests.append(Recorded("GET", self.path, dict(self.headers.items()), None))
+            found = [r for rs in fake.releases.values() for r in rs if r.id == release_id]
+            mode = fake.stream_mode
+        if not found or mode == "missing":
+            self._send(404, b"Not Found", {"Content-Type": "text/plain"})
+            return
+        if mode == "error":
+            self._send(500, b"Internal Server Error", {"Content-Type": "text/plain"})
+            return
+        if mode == "endless":
+            # A stream that trickles and never ends; HTTP/1.0 ends a body only at the close.
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.end_headers()
+            for count in range(10**6):
+                try:
+                    self.wfile.write(f"still running, line {count}\n".encode())
+                    self.wfile.flush()
+                except OSError:
+                    return
+                time.sleep(0.02)
+            return
+        self._send(200, found[0].output.encode(), {"Content-Type": "text/plain; charset=utf-8"})
 
     # -- registry -----------------------------------------------------------------------------
 
@@ -264,9 +329,15 @@ class _Handler(BaseHTTPRequestHandler):
         updates = body.get("updates") if isinstance(body, dict) else None
         if (
             not isinstance(updates, list)
-            or len(updates) != 1
-            or set(updates[0]) != {"type", "docker_image"}
-            or not re.fullmatch(r"sha256:[0-9a-f]{64}", str(updates[0]["docker_image"]))
+            or not updates
+            or any(
+                not isinstance(update, dict)
+                or set(update) != {"type", "docker_image"}
+                or not re.fullmatch(r"[a-z][a-z0-9_-]*", str(update["type"]))
+                or not re.fullmatch(r"sha256:[0-9a-f]{64}", str(update["docker_image"]))
+                for update in updates
+            )
+            or len({update["type"] for update in updates}) != len(updates)
         ):
             self._send(422, {"id": "invalid_params", "message": "Invalid formation update."})
             return
@@ -279,25 +350,44 @@ class _Handler(BaseHTTPRequestHandler):
                 },
             )
             return
-        fake.formation_image[app] = updates[0]["docker_image"]
+        for update in updates:
+            fake.formation_image[(app, update["type"])] = update["docker_image"]
         fake.formation_quantity.setdefault((app, "web"), 1)
         version = fake.releases[app][-1].version + 1
+        failing = fake.next_status == "failed"
         description = (
             fake.failure_description
-            if fake.next_status == "failed"
-            else f"Deployed web ({updates[0]['docker_image'][7:19]})"
+            if failing
+            else "Deployed "
+            + ", ".join(f"{u['type']} ({u['docker_image'][7:19]})" for u in updates)
         )
+        release_id = str(uuid.uuid4())
+        # The release phase runs for every release of an app with a release process type.
+        release_phase = (app, RELEASE_TYPE) in fake.formation_image
+        output = fake.next_output
+        if output is None:
+            output = FAILED_RELEASE_OUTPUT if failing else RELEASE_OUTPUT
         fake.releases[app].append(
             FakeRelease(
-                str(uuid.uuid4()),
+                release_id,
                 version,
                 "pending",
                 description,
                 fake.pending_reads,
                 fake.next_status,
+                output_stream_url=(
+                    f"{fake.base_url}/streams/{release_id}" if release_phase else None
+                ),
+                output="".join(f"{line}\n" for line in output) if release_phase else "",
             )
         )
-        self._send(200, [{"type": "web", "quantity": 1, "size": "Basic", "command": None}])
+        self._send(
+            200,
+            [
+                {"type": u["type"], "quantity": 1 if u["type"] == "web" else 0, "size": "Basic"}
+                for u in updates
+            ],
+        )
 
     def _scale_formation(self, app: str, process_type: str, body: Any) -> None:
         fake = self.server.fake
@@ -326,6 +416,7 @@ class _Handler(BaseHTTPRequestHandler):
             "status": release.status,
             "description": release.description,
             "current": release.status == "succeeded",
+            "output_stream_url": release.output_stream_url,
         }
 
     def _list_releases(self, app: str) -> None:

@@ -22,7 +22,9 @@ from mlflow_heroku_runtime.errors import ConfigError
 from mlflow_heroku_runtime.htpasswd import BCRYPT_MAX_PASSWORD_BYTES
 
 from infra import settings as stack_settings
+from infra.heroku_api import parse_repo_digest
 from infra.heroku_app import allowed_hosts, cors_origins
+from infra.release import RELEASE_DYNO_PREFIX, RELEASE_PROCESS_TYPE
 from infra.settings import Settings, SettingsError
 
 from .conftest import (
@@ -40,6 +42,7 @@ from .conftest import (
 CONFIG_VARS = "heroku:app/configAssociation:ConfigAssociation"
 APP = "heroku:app/app:App"
 BUCKET = "aws:s3/bucket:Bucket"
+RELEASE = "pulumi-python:dynamic/heroku:ContainerRelease"
 # What Heroku itself sets on a web dyno; DATABASE_URL as the Postgres add-on sets it.
 HEROKU_DYNO_VARS = {
     "DYNO": "web.1",
@@ -455,6 +458,27 @@ def test_the_backup_prefix_the_key_reaches_is_where_the_image_writes_backups() -
 
     target = backup.backup_target({"S3_URI": "s3://team-bucket/artifacts"})
     assert (target.bucket, target.prefix) == ("team-bucket", BACKUP_PREFIX)
+
+
+def test_the_release_phase_process_is_the_one_the_image_dispatches_on(
+    program_module: ModuleType,
+) -> None:
+    """Heroku runs the image released as the `release` process in a dyno whose DYNO is
+    `release.<n>`; the image's entrypoint runs the release phase for that prefix. The program
+    releases the image for that process type (pushed to `<app>/release`), and a web dyno's
+    DYNO (`web.1`) is not taken for it.
+
+    TODO(lead): the image side's constant does not exist on main yet; once the release-phase
+    branch adds one (e.g. mlflow_heroku_runtime.release_phase.DYNO_PREFIX, used by
+    image/entrypoint.py), assert RELEASE_DYNO_PREFIX == that constant here."""
+    _, program = run_stack(program_module, "dev", {})
+    release = program.one(RELEASE)
+    repository, _ = parse_repo_digest(release.inputs["release_image_ref"])
+    assert repository == f"{release.inputs['app_name']}/{RELEASE_PROCESS_TYPE}"
+    assert RELEASE_PROCESS_TYPE in release.outputs["process_types"]
+    assert f"{RELEASE_PROCESS_TYPE}.9768".startswith(RELEASE_DYNO_PREFIX)
+    assert RELEASE_DYNO_PREFIX == "release."  # Heroku's own name for the release phase
+    assert not HEROKU_DYNO_VARS["DYNO"].startswith(RELEASE_DYNO_PREFIX)
 
 
 def test_image_defaults_are_the_programs_defaults() -> None:

@@ -3,23 +3,18 @@ dependencies, protection, secrets, exports, bad configuration and preview mode."
 
 from __future__ import annotations
 
-import base64
 import json
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import dill  # type: ignore[import-untyped]  # no stubs
 import pulumi
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pulumi.dynamic.dynamic import serialize_provider
 
 from infra.artifact_store import OBJECT_ACTIONS
 from infra.heroku_app import host_of
 from infra.image import PROJECT_DIR, content_tag
-from infra.release import ContainerReleaseProvider
 from infra.settings import SettingsError
 
 from .conftest import (
@@ -54,6 +49,8 @@ USER_POLICY = "aws:iam/userPolicy:UserPolicy"
 ACCESS_KEY = "aws:iam/accessKey:AccessKey"
 PASSWORD = "random:index/randomPassword:RandomPassword"
 IMAGE = "docker:index/image:Image"
+TAG = "docker:index/tag:Tag"
+REGISTRY_IMAGE = "docker:index/registryImage:RegistryImage"
 RELEASE = "pulumi-python:dynamic/heroku:ContainerRelease"
 COMPONENTS = {
     "mlflow-heroku:index:ArtifactStore": "artifacts",
@@ -127,6 +124,8 @@ def test_every_resource_has_its_component_as_parent(
         USER_POLICY: "mlflow-heroku:index:ArtifactStore",
         ACCESS_KEY: "mlflow-heroku:index:ArtifactStore",
         IMAGE: "mlflow-heroku:index:HerokuImage",
+        TAG: "mlflow-heroku:index:HerokuImage",
+        REGISTRY_IMAGE: "mlflow-heroku:index:HerokuImage",
         RELEASE: "mlflow-heroku:index:WebRelease",
         FORMATION: "mlflow-heroku:index:WebRelease",
     }
@@ -288,24 +287,18 @@ def test_iam_user_may_touch_only_objects_under_the_prefix(dev: ProgramRun) -> No
     depends_on(dev, access_key, "user-policy")
 
 
-def test_image_is_built_for_amd64_and_pushed_to_herokus_registry(dev: ProgramRun) -> None:
-    image = dev.one(IMAGE)
+def test_the_image_is_pushed_for_web_and_release_under_the_apps_name(dev: ProgramRun) -> None:
+    """What the image is and how it is pushed is tests/infra/test_image.py's; here: the app's
+    name reaches both repositories, and the release push follows the web push."""
     tag = content_tag(PROJECT_DIR / "image")
-    assert image.inputs["imageName"] == f"registry.heroku.com/mlflow-heroku-dev/web:{tag}"
-    assert image.inputs["build"] == {
-        "context": "image",
-        "dockerfile": "image/Dockerfile",
-        "platform": "linux/amd64",
-        "builderVersion": "BuilderBuildKit",
-    }
-    assert image.inputs["skipPush"] is False
-    # The API key makes the whole registry object secret on the wire.
-    assert is_secret(image.inputs["registry"])
-    assert reveal(image.inputs["registry"]) == {
-        "server": "registry.heroku.com",
-        "username": "_",
-        "password": API_KEY,
-    }
+    assert dev.one(IMAGE).inputs["imageName"] == f"registry.heroku.com/mlflow-heroku-dev/web:{tag}"
+    release_tag = dev.one(TAG)
+    assert release_tag.inputs["sourceImage"] == dev.one(IMAGE).outputs["imageName"]
+    assert release_tag.inputs["targetImage"] == (
+        f"registry.heroku.com/mlflow-heroku-dev/release:{tag}"
+    )
+    depends_on(dev, release_tag, "image")
+    depends_on(dev, dev.one(REGISTRY_IMAGE), "release-tag", "image")
 
 
 def test_release_waits_for_config_vars_and_database_then_formation_follows(
@@ -315,12 +308,17 @@ def test_release_waits_for_config_vars_and_database_then_formation_follows(
     assert release.inputs["app_name"] == "mlflow-heroku-dev"
     assert release.inputs["process_type"] == "web"
     assert release.inputs["image_ref"] == dev.one(IMAGE).outputs["repoDigest"]
+    # The release phase runs the same image, pushed to the release process type's repository.
+    pushed = dev.one(REGISTRY_IMAGE).outputs["sha256Digest"]
+    assert release.inputs["release_image_ref"] == (
+        f"registry.heroku.com/mlflow-heroku-dev/release@{pushed}"
+    )
     assert release.inputs["timeout_seconds"] == 600
     assert is_secret(release.inputs["api_key"])
     assert reveal(release.inputs["api_key"]) == API_KEY
     # The serialized provider is a secret too (it could capture secrets).
     assert is_secret(release.inputs["__provider"])
-    depends_on(dev, release, "config-vars", "postgres", "image")
+    depends_on(dev, release, "config-vars", "postgres", "image", "release-image")
     formation = dev.one(FORMATION)
     assert formation.inputs == {
         "appId": dev.one(APP).outputs["uuid"],
@@ -432,7 +430,7 @@ def test_a_second_run_with_nothing_changed_declares_the_same_inputs(
     program_module: ModuleType, dev: ProgramRun
 ) -> None:
     """What `pulumi up` diffs: every resource's inputs, options and dependencies. The dynamic
-    release's own diff (no change for the same image) is tested in test_release_provider.py."""
+    release's own diff (no change for the same image) is tested in test_release.py."""
     again = run(program_module, "dev")
 
     def shape(program: ProgramRun) -> list[tuple[Any, ...]]:
@@ -481,6 +479,7 @@ def test_preview_of_a_new_stack_works_with_unknown_values(
     assert isinstance(config_vars["MLFLOW_SERVER_ALLOWED_HOSTS"], pulumi.output.Unknown)
     assert config_vars["AWS_DEFAULT_REGION"] == "eu-west-1"
     assert isinstance(program.one(RELEASE).inputs["image_ref"], pulumi.output.Unknown)
+    assert isinstance(program.one(RELEASE).inputs["release_image_ref"], pulumi.output.Unknown)
     assert program.unknown_outputs == OUTPUT_NAMES - {"loginUser"}
     assert program.outputs["loginUser"] == "mlflow"
     assert {"loginPassword", "clientEnvironment"} <= program.secret_outputs
@@ -520,25 +519,3 @@ def test_host_of_takes_the_real_host_from_the_web_url() -> None:
     assert host_of("https://acme-1a2b3c4d5e6f.herokuapp.com/") == "acme-1a2b3c4d5e6f.herokuapp.com"
     with pytest.raises(ValueError, match="without a host name"):
         host_of("not a url")
-
-
-def test_a_missing_dockerfile_is_a_clear_error(tmp_path: Path) -> None:
-    (tmp_path / "entrypoint.py").write_text("print('hi')\n")
-    with pytest.raises(pulumi.RunError, match="has no Dockerfile"):
-        content_tag(tmp_path)
-    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
-    first = content_tag(tmp_path)
-    assert first == content_tag(tmp_path)
-    (tmp_path / "entrypoint.py").write_text("print('changed')\n")
-    assert content_tag(tmp_path) != first
-
-
-def test_release_provider_is_stored_by_reference_without_secrets() -> None:
-    provider = ContainerReleaseProvider(api_base_url="https://api.example.test")
-    serialized = base64.b64decode(serialize_provider(provider))
-    assert b"infra.release" in serialized
-    assert b"ContainerReleaseProvider" in serialized
-    assert b"def _release" not in serialized
-    restored = dill.loads(serialized)  # noqa: S301 - bytes this test made itself
-    assert type(restored) is ContainerReleaseProvider
-    assert restored.api_base_url == "https://api.example.test"
