@@ -505,15 +505,16 @@ class HerokuClient:
                         return ReleaseOutput(
                             problem=f"the output stream answered {response.status_code}"
                         )
-                    tail, cut_short = self._read_tail(response, deadline)
+                    tail, trimmed, cut_short = self._read_tail(response, deadline)
             except requests.RequestException as error:
                 problem = f"reading the output stream failed: {type(error).__name__}"
                 continue
-            return self._output_of(tail, cut_short)
+            return self._output_of(tail, trimmed, cut_short)
         return ReleaseOutput(problem=problem)
 
-    def _read_tail(self, response: requests.Response, deadline: float) -> tuple[bytes, bool]:
-        """The last OUTPUT_KEEP_BYTES of the body; True when reading stopped at a bound."""
+    def _read_tail(self, response: requests.Response, deadline: float) -> tuple[bytes, bool, bool]:
+        """The last OUTPUT_KEEP_BYTES of the body, whether its start was dropped, and whether
+        reading stopped at a bound (or a broken stream) before the end."""
         tail = bytearray()
         total = 0
         try:
@@ -522,23 +523,24 @@ class HerokuClient:
                 # (iter_content would wait for each whole chunk).
                 chunk = response.raw.read1(8192, decode_content=True)
                 if not chunk:
-                    return bytes(tail), total > len(tail)
+                    return bytes(tail), total > len(tail), False
                 total += len(chunk)
                 tail += chunk
                 if len(tail) > OUTPUT_KEEP_BYTES:
                     del tail[: len(tail) - OUTPUT_KEEP_BYTES]
                 if total >= OUTPUT_MAX_BYTES or self._clock() >= deadline:
-                    return bytes(tail), True
+                    return bytes(tail), total > len(tail), True
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError):
             if not tail:
                 raise requests.ConnectionError("the output stream broke off") from None
-            return bytes(tail), True  # a stream that stalls or drops: show what arrived
+            # A stream that stalls or drops: show what arrived.
+            return bytes(tail), total > len(tail), True
 
-    def _output_of(self, tail: bytes, cut_short: bool) -> ReleaseOutput:
+    def _output_of(self, tail: bytes, trimmed: bool, cut_short: bool) -> ReleaseOutput:
         text = tail.decode("utf-8", errors="replace")
+        if trimmed:
+            text = text.partition("\n")[2]  # the first line kept may be the end of a longer one
         lines = printable_lines(scrub_secrets(text, [self._api_key]))
-        if cut_short and lines:
-            lines = lines[1:]  # the first line kept may be the end of a longer one
         lines = [line[:OUTPUT_LINE_CHARS] for line in lines[-OUTPUT_LINES:]]
         if not lines:
             return ReleaseOutput(problem="the output stream was empty", cut_short=cut_short)
