@@ -7,6 +7,7 @@ Wires the components in infra/ and exports what clients need. `pulumi up` runs t
 from __future__ import annotations
 
 import shlex
+from typing import Any
 
 import pulumi
 
@@ -26,7 +27,7 @@ def client_environment(tracking_uri: str, user: str, password: str) -> str:
     )
 
 
-def main(release_provider: ContainerReleaseProvider | None = None) -> dict[str, pulumi.Output[str]]:
+def main(release_provider: ContainerReleaseProvider | None = None) -> dict[str, pulumi.Output[Any]]:
     settings = stack_settings.from_pulumi_config()
 
     artifacts = ArtifactStore("artifacts", settings)
@@ -56,19 +57,33 @@ def main(release_provider: ContainerReleaseProvider | None = None) -> dict[str, 
         tracking_uri = pulumi.Output.from_input(f"https://{settings.custom_domains[0]}")
     else:
         tracking_uri = heroku.tracking_uri
-    user = settings.login_user
-    outputs: dict[str, pulumi.Output[str]] = {
+    user = heroku.login_user
+    if settings.login_mode == "accounts":
+        # Each person's own lines, by username (the admin's too): `pulumi stack output
+        # --show-secrets --json clientEnvironment` and hand each person theirs.
+        logins = {user: heroku.password, **heroku.person_passwords}
+        names = list(logins)
+        client_lines: pulumi.Output[Any] = pulumi.Output.all(tracking_uri, *logins.values()).apply(
+            lambda values: {
+                name: client_environment(values[0], name, password)
+                for name, password in zip(names, values[1:], strict=True)
+            }
+        )
+    else:
+        client_lines = pulumi.Output.all(tracking_uri, heroku.password).apply(
+            lambda values: client_environment(values[0], user, values[1])
+        )
+    outputs: dict[str, pulumi.Output[Any]] = {
         "appUrl": heroku.web_url,
         "mlflowTrackingUri": tracking_uri,
+        "loginMode": pulumi.Output.from_input(settings.login_mode),
+        # The program's own login: the shared login, or in accounts mode the admin account
+        # (its initial password; the smoke check logs in with it).
         "loginUser": pulumi.Output.from_input(user),
         "loginPassword": pulumi.Output.secret(heroku.password),
         "bucketName": artifacts.bucket_name,
         "imageId": web.image_id,
-        "clientEnvironment": pulumi.Output.secret(
-            pulumi.Output.all(tracking_uri, heroku.password).apply(
-                lambda values: client_environment(values[0], user, values[1])
-            )
-        ),
+        "clientEnvironment": pulumi.Output.secret(client_lines),
     }
     for name, value in outputs.items():
         pulumi.export(name, value)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
 import pulumi
@@ -10,10 +11,57 @@ import pulumi_random as random
 from pulumiverse_heroku import addon, domain
 from pulumiverse_heroku import app as heroku_app
 
-from infra.settings import Settings
+from infra.settings import Person, Settings
 
-# Length of the login password generated when the stack sets none (Pulumi.yaml says so too).
+# Length of the login password generated when the stack sets none (Pulumi.yaml says so too);
+# the admin's and each person's initial passwords are as long.
 GENERATED_PASSWORD_LENGTH = 32
+# MLflow's gateway derives its key-encryption key from this passphrase (mlflow/utils/crypto.py).
+GATEWAY_PASSPHRASE_LENGTH = 64
+
+# The config vars of the login modes and the gateway, as the image reads them. The image's own
+# names for them belong in image/mlflow_heroku_runtime (issue 15, image side); until they are
+# there, this is the one place in infra that spells them.
+LOGIN_MODE_VAR = "MLFLOW_HEROKU_LOGIN_MODE"
+ADMIN_USERNAME_VAR = "MLFLOW_AUTH_ADMIN_USERNAME"
+ADMIN_PASSWORD_VAR = "MLFLOW_AUTH_ADMIN_PASSWORD"  # noqa: S105 (a variable's name)
+AUTH_CACHE_TTL_VAR = "MLFLOW_HEROKU_AUTH_CACHE_TTL_SECONDS"
+DEFAULT_PERMISSION_VAR = "MLFLOW_HEROKU_DEFAULT_PERMISSION"
+PEOPLE_VAR = "MLFLOW_HEROKU_PEOPLE"
+PEOPLE_PASSWORDS_VAR = "MLFLOW_HEROKU_PEOPLE_PASSWORDS"
+GATEWAY_PASSPHRASE_VAR = "MLFLOW_CRYPTO_KEK_PASSPHRASE"  # noqa: S105 (a variable's name)
+# The shared login (nginx's basic auth).
+SHARED_USERNAME_VAR = "MLFLOW_TRACKING_USERNAME"
+SHARED_PASSWORD_VAR = "MLFLOW_TRACKING_PASSWORD"  # noqa: S105 (a variable's name)
+# Which of them each mode sets, plain and sensitive (the gateway's passphrase: both modes).
+LOGIN_VARS: Mapping[str, tuple[frozenset[str], frozenset[str]]] = {
+    "shared": (
+        frozenset({LOGIN_MODE_VAR, SHARED_USERNAME_VAR}),
+        frozenset({SHARED_PASSWORD_VAR, GATEWAY_PASSPHRASE_VAR}),
+    ),
+    "accounts": (
+        frozenset(
+            {
+                LOGIN_MODE_VAR,
+                ADMIN_USERNAME_VAR,
+                AUTH_CACHE_TTL_VAR,
+                DEFAULT_PERMISSION_VAR,
+                PEOPLE_VAR,
+            }
+        ),
+        frozenset({ADMIN_PASSWORD_VAR, PEOPLE_PASSWORDS_VAR, GATEWAY_PASSPHRASE_VAR}),
+    ),
+}
+
+
+def people_json(people: Sequence[Person]) -> str:
+    """MLFLOW_HEROKU_PEOPLE: the people and their roles, in the stack's order."""
+    return json.dumps([{"username": p.username, "role": p.role} for p in people])
+
+
+def people_passwords_json(usernames: Sequence[str], passwords: Sequence[str]) -> str:
+    """MLFLOW_HEROKU_PEOPLE_PASSWORDS: each person's initial password (a sensitive var)."""
+    return json.dumps(dict(zip(usernames, passwords, strict=True)))
 
 
 def allowed_hosts(heroku_hostname: str, custom_domains: Sequence[str]) -> str:
@@ -47,6 +95,7 @@ class HerokuApp(pulumi.ComponentResource):
     postgres: addon.Addon
     config_vars: heroku_app.ConfigAssociation
     password: pulumi.Output[str]
+    gateway_passphrase: pulumi.Output[str]
     web_url: pulumi.Output[str]
 
     def __init__(
@@ -87,17 +136,67 @@ class HerokuApp(pulumi.ComponentResource):
             for host in settings.custom_domains
         ]
 
-        if settings.login_password is not None:
-            self.password = settings.login_password
-        else:
-            generated = random.RandomPassword(
-                "login-password",
-                length=GENERATED_PASSWORD_LENGTH,
-                # Letters and digits only: the password ends up in shell exports and URLs.
+        def generated(name: str, length: int, **keepers: str) -> pulumi.Output[str]:
+            # Letters and digits only: passwords end up in shell exports and URLs.
+            password = random.RandomPassword(
+                name,
+                length=length,
                 special=False,
+                keepers=keepers or None,
                 opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["result"]),
             )
-            self.password = pulumi.Output.secret(generated.result)
+            return pulumi.Output.secret(password.result)
+
+        # Stable across updates: a new passphrase needs MLflow's rotation procedure
+        # (`mlflow crypto rotate-kek`, docs/operations.md), never a silent replacement.
+        self.gateway_passphrase = generated("gateway-kek-passphrase", GATEWAY_PASSPHRASE_LENGTH)
+
+        self.login_mode = settings.login_mode
+        # The program's own login: the shared one, or the admin account in accounts mode.
+        self.login_user: str
+        self.password: pulumi.Output[str]
+        # Each person's initial password, by username (accounts mode; empty in shared mode).
+        self.person_passwords: dict[str, pulumi.Output[str]] = {}
+        plain: dict[str, pulumi.Input[str]] = {LOGIN_MODE_VAR: settings.login_mode}
+        sensitive: dict[str, pulumi.Input[str]] = {GATEWAY_PASSPHRASE_VAR: self.gateway_passphrase}
+        if settings.login_mode == "accounts":
+            self.login_user = settings.admin_username
+            self.password = settings.admin_password or generated(
+                "admin-password", GENERATED_PASSWORD_LENGTH
+            )
+            # One generator per person, named after them: it stays as long as they stay listed
+            # (a role change keeps it); removed and added again, they get a new one.
+            self.person_passwords = {
+                person.username: generated(
+                    f"person-password-{person.username}",
+                    GENERATED_PASSWORD_LENGTH,
+                    username=person.username,
+                )
+                for person in settings.people
+            }
+            usernames = list(self.person_passwords)
+            passwords_json: pulumi.Output[str] = pulumi.Output.secret(
+                pulumi.Output.all(*self.person_passwords.values()).apply(
+                    lambda passwords: people_passwords_json(usernames, passwords)
+                )
+            )
+            plain |= {
+                ADMIN_USERNAME_VAR: settings.admin_username,
+                AUTH_CACHE_TTL_VAR: str(settings.auth_cache_ttl_seconds),
+                DEFAULT_PERMISSION_VAR: settings.default_permission,
+                PEOPLE_VAR: people_json(settings.people),
+            }
+            sensitive |= {
+                ADMIN_PASSWORD_VAR: self.password,
+                PEOPLE_PASSWORDS_VAR: passwords_json,
+            }
+        else:
+            self.login_user = settings.login_user
+            self.password = settings.login_password or generated(
+                "login-password", GENERATED_PASSWORD_LENGTH
+            )
+            plain[SHARED_USERNAME_VAR] = settings.login_user
+            sensitive[SHARED_PASSWORD_VAR] = self.password
 
         domains = settings.custom_domains
         hostname = self.app.web_url.apply(host_of)
@@ -107,7 +206,6 @@ class HerokuApp(pulumi.ComponentResource):
             vars={
                 "S3_URI": s3_uri,
                 "AWS_DEFAULT_REGION": settings.aws_region,
-                "MLFLOW_TRACKING_USERNAME": settings.login_user,
                 "MLFLOW_SERVER_ALLOWED_HOSTS": hostname.apply(
                     lambda host: allowed_hosts(host, domains)
                 ),
@@ -118,11 +216,12 @@ class HerokuApp(pulumi.ComponentResource):
                 "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": str(settings.db_pool_size),
                 "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": str(settings.db_max_overflow),
                 "MLFLOW_HEROKU_MAX_BODY_SIZE": settings.max_body_size,
+                **plain,
             },
             sensitive_vars={
                 "AWS_ACCESS_KEY_ID": aws_access_key_id,
                 "AWS_SECRET_ACCESS_KEY": aws_secret_access_key,
-                "MLFLOW_TRACKING_PASSWORD": self.password,
+                **sensitive,
             },
             opts=child,
         )

@@ -41,10 +41,15 @@ DEFAULTS: Final[Mapping[str, str | int | bool | list[str]]] = {
     "protectData": False,
     "customDomains": [],
     "releaseTimeoutSeconds": 600,
+    # -- login modes and team accounts (issue 15) --
+    "loginMode": "shared",
+    "adminUsername": "admin",
+    "authCacheTtlSeconds": 30,
+    "defaultPermission": "READ",
 }
-OPTIONAL_KEYS: Final = ("loginPassword", "bucketName", "kmsKeyArn")
+OPTIONAL_KEYS: Final = ("loginPassword", "bucketName", "kmsKeyArn", "adminPassword", "people")
 REQUIRED_KEYS: Final = ("appName",)
-SECRET_KEYS: Final = ("loginPassword",)
+SECRET_KEYS: Final = ("loginPassword", "adminPassword")
 
 # Heroku's Common Runtime regions. Private Space regions (virginia, oregon, frankfurt, ...) need a
 # Private Space, which this program does not create.
@@ -71,10 +76,44 @@ DB_CONNECTION_MARGIN: Final = 3
 # the tracking store's and the model registry's (mlflow/store/*/sqlalchemy_store.py).
 DB_POOLS_PER_WORKER: Final = 2
 
+# -- login modes and team accounts (issue 15) ----------------------------------------------------
+# shared: one basic-auth login checked by nginx. accounts: a login per person in MLflow's
+# basic-auth app, its users and permissions in the same Heroku Postgres.
+LOGIN_MODES: Final = ("shared", "accounts")
+# Roles a person in `people` can have; docs/image.md says what each may do in MLflow.
+ROLES: Final = ("admin", "editor", "reader")
+# MLflow's permission names (mlflow/server/auth/permissions.py), for defaultPermission.
+PERMISSIONS: Final = ("READ", "EDIT", "MANAGE", "NO_PERMISSIONS")
+# Keys each mode alone reads; the other mode refuses them when they differ from their default.
+SHARED_LOGIN_KEYS: Final = ("loginUser", "loginPassword")
+ACCOUNTS_KEYS: Final = (
+    "adminUsername",
+    "adminPassword",
+    "people",
+    "authCacheTtlSeconds",
+    "defaultPermission",
+)
+# The accounts store (mlflow/server/auth/sqlalchemy_store.py) opens one more engine per worker,
+# with the same MLFLOW_SQLALCHEMYSTORE_POOL_SIZE and _MAX_OVERFLOW (mlflow/store/db/utils.py).
+# NOTE: assumed until the image's accounts mode says otherwise; set it to 0 if the image shares
+# the tracking store's engine with the accounts store.
+AUTH_STORE_POOLS_PER_WORKER: Final = 1
+# Heroku allows 32 kB of config vars per app; each person costs about 100 bytes in two of them.
+MAX_PEOPLE: Final = 100
+MAX_AUTH_CACHE_TTL_SECONDS: Final = 3600
 
-def db_connections_needed(dyno_count: int, workers: int, pool_size: int, max_overflow: int) -> int:
+
+def db_pools_per_worker(login_mode: str) -> int:
+    """SQLAlchemy pools each MLflow worker keeps in ``login_mode``."""
+    accounts = AUTH_STORE_POOLS_PER_WORKER if login_mode == "accounts" else 0
+    return DB_POOLS_PER_WORKER + accounts
+
+
+def db_connections_needed(
+    dyno_count: int, workers: int, pool_size: int, max_overflow: int, login_mode: str = "shared"
+) -> int:
     """Most connections the dynos can open at once, plus the margin."""
-    per_worker = DB_POOLS_PER_WORKER * (pool_size + max_overflow)
+    per_worker = db_pools_per_worker(login_mode) * (pool_size + max_overflow)
     return dyno_count * workers * per_worker + DB_CONNECTION_MARGIN
 
 
@@ -145,11 +184,21 @@ INTEGER_RANGES: Final[Mapping[str, tuple[int, int]]] = {
     "accessKeyGeneration": (1, 1_000_000),
     # At most 30 min: the deploy job's 60 min must also cover the image build and push.
     "releaseTimeoutSeconds": (60, MAX_RELEASE_TIMEOUT_SECONDS),
+    # 0 turns MLflow's credential cache off: every request hashes the password again.
+    "authCacheTtlSeconds": (0, MAX_AUTH_CACHE_TTL_SECONDS),
 }
 
 
 class SettingsError(pulumi.RunError, ValueError):
     """Bad stack configuration. Pulumi prints a RunError's message without a Python traceback."""
+
+
+@dataclass(frozen=True)
+class Person:
+    """One entry of `people`: an account MLflow's basic-auth app gets in loginMode accounts."""
+
+    username: str
+    role: str  # one of ROLES
 
 
 @dataclass(frozen=True)
@@ -179,12 +228,23 @@ class Settings:
     release_timeout_seconds: int
     aws_region: str
     heroku_api_key: pulumi.Output[str]  # secret
+    # -- login modes and team accounts (the accounts fields are defaults in shared mode) --
+    login_mode: str  # one of LOGIN_MODES
+    admin_username: str
+    admin_password: pulumi.Output[str] | None  # secret; None means "generate one"
+    people: tuple[Person, ...]
+    auth_cache_ttl_seconds: int
+    default_permission: str
 
     @property
     def db_connections_needed(self) -> int:
         """Most connections the dynos can open at once, plus the margin."""
         return db_connections_needed(
-            self.dyno_count, self.mlflow_workers, self.db_pool_size, self.db_max_overflow
+            self.dyno_count,
+            self.mlflow_workers,
+            self.db_pool_size,
+            self.db_max_overflow,
+            self.login_mode,
         )
 
 
@@ -368,8 +428,8 @@ def check_hostname(value: str) -> str | None:
     return "is not a valid lowercase DNS host name (e.g. mlflow.example.com)"
 
 
-def check_password(value: str) -> str | None:
-    """Checks a secret without ever repeating it."""
+def check_password(value: str, limit: str = "bcrypt's limit") -> str | None:
+    """Checks a secret without ever repeating it; `limit` says where the byte limit comes from."""
     if len(value) < MIN_PASSWORD_LENGTH:
         return f"is too short: use at least {MIN_PASSWORD_LENGTH} characters"
     try:
@@ -377,7 +437,7 @@ def check_password(value: str) -> str | None:
     except UnicodeEncodeError:  # lone surrogates: bytes that were not UTF-8
         return "is not valid UTF-8 text: set it again from a UTF-8 terminal or file"
     if len(encoded) > MAX_PASSWORD_BYTES:
-        return f"is too long: use at most {MAX_PASSWORD_BYTES} bytes (bcrypt's limit)"
+        return f"is too long: use at most {MAX_PASSWORD_BYTES} bytes ({limit})"
     if not value.isprintable() or any(c.isspace() for c in value):
         return "contains spaces or control characters: use printable characters only"
     return None
@@ -402,6 +462,130 @@ def _read_domains(reader: _Reader) -> tuple[str, ...]:
     if len(set(parsed)) != len(parsed):
         reader.fail(key, "lists a host name twice")
     return tuple(parsed)
+
+
+def _read_password(
+    reader: _Reader, key: str, limit: str = "bcrypt's limit"
+) -> pulumi.Output[str] | None:
+    """A password key: None when unset (the program generates one), else a secret Output."""
+    password = reader.raw(key)
+    if password is None:
+        return None
+    if not reader.is_secret(key):
+        reader.fail(
+            key,
+            f"is stored in plain text; run `pulumi config set --secret {key}` "
+            "(the value is not shown here)",
+        )
+    elif (problem := check_password(password, limit)) is not None:
+        reader.fail(key, f"(value not shown) {problem}")
+    return pulumi.Output.secret(password)
+
+
+_PEOPLE_EXAMPLE = (
+    "write it in Pulumi.<stack>.yaml as a YAML list, e.g. `- {username: alice, role: editor}`, "
+    "or run `pulumi config set --path 'people[0].username' alice` and "
+    "`pulumi config set --path 'people[0].role' editor`"
+)
+
+
+def _read_people(reader: _Reader, admin_username: str) -> tuple[Person, ...]:
+    """`people`: a list of {username, role}; usernames unique ignoring case, none the admin's."""
+    raw = reader.raw("people")
+    if raw is None:
+        return ()
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, list):
+        reader.fail("people", f"is not a list of people; {_PEOPLE_EXAMPLE}")
+        return ()
+    if len(parsed) > MAX_PEOPLE:
+        reader.fail(
+            "people",
+            f"lists {len(parsed)} people, more than {MAX_PEOPLE} (Heroku's 32 kB of config vars "
+            "must hold them); add the others in MLflow's admin UI",
+        )
+        return ()
+    people: list[Person] = []
+    first_index: dict[str, int] = {}
+    for index, entry in enumerate(parsed):
+        where = f"people[{index}]"
+        if not isinstance(entry, dict):
+            reader.fail(where, f"{entry!r} is not a person; {_PEOPLE_EXAMPLE}")
+            continue
+        unknown = sorted(set(entry) - {"username", "role"})
+        if unknown:
+            reader.fail(
+                where,
+                f"has unknown fields {', '.join(map(repr, unknown))}; allowed: username, role",
+            )
+        username, role = entry.get("username"), entry.get("role")
+        valid = not unknown
+        folded = username.casefold() if isinstance(username, str) else ""
+        if not isinstance(username, str):
+            valid = False
+            reader.fail(
+                f"{where}.username",
+                "is missing or not text; give each person a username, e.g. alice",
+            )
+        elif (problem := check_login_user(username)) is not None:
+            valid = False
+            reader.fail(f"{where}.username", f"{username!r} {problem}")
+        elif folded == admin_username.casefold():
+            valid = False
+            reader.fail(
+                f"{where}.username",
+                f"{username!r} is the admin account (adminUsername), which the program creates "
+                "itself; give the person another username, or change adminUsername",
+            )
+        elif folded in first_index:
+            valid = False
+            reader.fail(
+                f"{where}.username",
+                f"{username!r} is listed twice (also people[{first_index[folded]}]; usernames "
+                "are compared ignoring case); keep one entry",
+            )
+        else:
+            first_index[folded] = index
+        if role not in ROLES:
+            valid = False
+            shown = "is missing" if role is None else f"{role!r} is not a role"
+            reader.fail(f"{where}.role", f"{shown}; allowed: {', '.join(ROLES)}")
+        if valid and isinstance(username, str) and isinstance(role, str):
+            people.append(Person(username=username, role=role))
+    return tuple(people)
+
+
+def _is_configured(reader: _Reader, key: str) -> bool:
+    """Whether the stack sets `key` to something other than its default. The CLI hands the
+    program Pulumi.yaml's defaults for unset keys, so "set to the default" counts as unset."""
+    raw = reader.raw(key)
+    if raw is None:
+        return False
+    if key == "people":
+        return raw.strip() not in ("", "[]")
+    if key not in DEFAULTS:
+        return True
+    default = DEFAULTS[key]
+    if isinstance(default, int) and not isinstance(default, bool):
+        return raw.strip() != str(default)
+    return raw != str(default)
+
+
+def _refuse_other_modes_keys(reader: _Reader, login_mode: str) -> None:
+    """Each login mode refuses the other mode's keys, so no setting silently does nothing."""
+    other_keys = {"shared": ACCOUNTS_KEYS, "accounts": SHARED_LOGIN_KEYS}.get(login_mode, ())
+    other = "accounts" if login_mode == "shared" else "shared"
+    for key in other_keys:
+        if _is_configured(reader, key):
+            reader.fail(
+                key,
+                f"is set (value not shown), but it applies to loginMode {other} only and this "
+                f"stack's loginMode is {login_mode}; remove it (`pulumi config rm {key}`), or "
+                f'set loginMode {other} (docs/operations.md, "Team accounts")',
+            )
 
 
 def load(
@@ -446,20 +630,31 @@ def load(
     max_overflow = reader.integer("dbMaxOverflow")
 
     body_size = reader.string("maxBodySize", check_body_size)
-    login_user = reader.string("loginUser", check_login_user)
 
+    # -- login modes and team accounts --
+    login_mode = reader.string("loginMode", _one_of(LOGIN_MODES))
+    login_user = str(DEFAULTS["loginUser"])
     login_password: pulumi.Output[str] | None = None
-    password = reader.raw("loginPassword")
-    if password is not None:
-        if not reader.is_secret("loginPassword"):
-            reader.fail(
-                "loginPassword",
-                "is stored in plain text; run `pulumi config set --secret loginPassword` "
-                "(the value is not shown here)",
-            )
-        elif (problem := check_password(password)) is not None:
-            reader.fail("loginPassword", f"(value not shown) {problem}")
-        login_password = pulumi.Output.secret(password)
+    admin_username = str(DEFAULTS["adminUsername"])
+    admin_password: pulumi.Output[str] | None = None
+    people: tuple[Person, ...] = ()
+    cache_ttl = DEFAULTS["authCacheTtlSeconds"]
+    assert isinstance(cache_ttl, int)
+    default_permission = str(DEFAULTS["defaultPermission"])
+    _refuse_other_modes_keys(reader, login_mode)
+    if login_mode == "shared":
+        login_user = reader.string("loginUser", check_login_user)
+        login_password = _read_password(reader, "loginPassword")
+    elif login_mode == "accounts":
+        admin_username = reader.string("adminUsername", check_login_user)
+        admin_password = _read_password(
+            reader, "adminPassword", "the limit this project keeps for every password"
+        )
+        people = _read_people(reader, admin_username)
+        cache_ttl = reader.integer("authCacheTtlSeconds")
+        default_permission = reader.string("defaultPermission", _one_of(PERMISSIONS))
+
+    login_password = _read_password(reader, "loginPassword")
 
     bucket_name = reader.raw("bucketName")
     if bucket_name is not None and (problem := check_bucket_name(bucket_name)) is not None:
@@ -509,20 +704,25 @@ def load(
                 "(aws:region); S3 encrypts only with a KMS key of the bucket's own region",
             )
 
-    if postgres_plan in POSTGRES_CONNECTION_LIMITS:
+    if postgres_plan in POSTGRES_CONNECTION_LIMITS and login_mode in LOGIN_MODES:
         limit = POSTGRES_CONNECTION_LIMITS[postgres_plan]
-        needed = db_connections_needed(dyno_count, workers, pool_size, max_overflow)
+        needed = db_connections_needed(dyno_count, workers, pool_size, max_overflow, login_mode)
         if needed > limit:
-            pools = dyno_count * workers * DB_POOLS_PER_WORKER
-            most = math.floor((limit - DB_CONNECTION_MARGIN) / pools)
+            per_worker = db_pools_per_worker(login_mode)
+            most = math.floor((limit - DB_CONNECTION_MARGIN) / (dyno_count * workers * per_worker))
+            names = "tracking, model registry" + (", accounts" if login_mode == "accounts" else "")
+            # dbPoolSize and dbMaxOverflow are at least 1 each: below 2 only fewer workers help.
+            fixes = (
+                f"lower dbPoolSize + dbMaxOverflow to at most {most} in total"
+                if most >= 2
+                else "lower mlflowWorkers or dynoCount"
+            )
             reader.fail(
                 "dbPoolSize",
-                f"dynoCount {dyno_count} x mlflowWorkers {workers} x {DB_POOLS_PER_WORKER} pools "
-                f"(tracking, model registry) x (dbPoolSize {pool_size} + "
-                f"dbMaxOverflow {max_overflow}) + {DB_CONNECTION_MARGIN} spare = {needed} "
-                f"connections, more than {postgres_plan}'s limit of {limit}; lower dbPoolSize + "
-                f"dbMaxOverflow to at most {max(most, 0)} in total, or choose a larger "
-                "postgresPlan",
+                f"dynoCount {dyno_count} x mlflowWorkers {workers} x {per_worker} pools "
+                f"({names}) x (dbPoolSize {pool_size} + dbMaxOverflow {max_overflow}) + "
+                f"{DB_CONNECTION_MARGIN} spare = {needed} connections, more than "
+                f"{postgres_plan}'s limit of {limit}; {fixes}, or choose a larger postgresPlan",
             )
 
     if reader.problems:
@@ -553,6 +753,12 @@ def load(
         release_timeout_seconds=release_timeout,
         aws_region=aws_region,
         heroku_api_key=pulumi.Output.secret(api_key),
+        login_mode=login_mode,
+        admin_username=admin_username,
+        admin_password=admin_password,
+        people=people,
+        auth_cache_ttl_seconds=cache_ttl,
+        default_permission=default_permission,
     )
 
 

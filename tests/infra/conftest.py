@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import importlib.util
+import json
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -235,15 +236,22 @@ def base_config(stack: str) -> dict[str, str]:
     import yaml  # type: ignore[import-untyped]  # no stubs in the lock
 
     stack_file = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
-    config = {
-        key: str(value).lower() if isinstance(value, bool) else str(value)
-        for key, value in stack_file.items()
-    }
+    config = {key: cli_config_value(value) for key, value in stack_file.items()}
     config["heroku:apiKey"] = API_KEY
     return config
 
 
-SECRET_CONFIG_KEYS = ("heroku:apiKey", f"{PROJECT}:loginPassword")
+def cli_config_value(value: Any) -> str:
+    """A stack file's value as the CLI hands it to the program: booleans as "true"/"false",
+    structured values (lists, objects) as JSON."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return str(value)
+
+
+SECRET_CONFIG_KEYS = ("heroku:apiKey", f"{PROJECT}:loginPassword", f"{PROJECT}:adminPassword")
 
 
 def run_program(

@@ -26,7 +26,9 @@ MINIMAL = {
     "aws:region": "eu-west-1",
     "heroku:apiKey": API_KEY,
 }
-SECRET = {"heroku:apiKey", "mlflow-heroku:loginPassword"}
+SECRET = {"heroku:apiKey", "mlflow-heroku:loginPassword", "mlflow-heroku:adminPassword"}
+# Accounts mode on a plan whose connections hold the default pools (essential-0's do not).
+ACCOUNTS = {"loginMode": "accounts", "postgresPlan": "essential-2"}
 
 
 def load_config(
@@ -70,6 +72,12 @@ def test_minimal_config_gets_every_default() -> None:
     assert loaded.bucket_name is None
     assert loaded.kms_key_arn is None
     assert loaded.aws_region == "eu-west-1"
+    assert loaded.login_mode == DEFAULTS["loginMode"] == "shared"
+    assert loaded.admin_username == DEFAULTS["adminUsername"]
+    assert loaded.admin_password is None
+    assert loaded.people == ()
+    assert loaded.auth_cache_ttl_seconds == DEFAULTS["authCacheTtlSeconds"] == 30
+    assert loaded.default_permission == DEFAULTS["defaultPermission"] == "READ"
 
 
 def test_values_are_parsed() -> None:
@@ -216,17 +224,232 @@ def test_connection_limit_counts_every_worker_of_every_dyno() -> None:
     assert load_config({**fits, "dynoCount": "2", "postgresPlan": "standard-0"}).dyno_count == 2
 
 
+# -- login modes and team accounts ------------------------------------------------------------
+
+TEAM = json.dumps(
+    [
+        {"username": "alice", "role": "admin"},
+        {"username": "bob.smith@example.com", "role": "editor"},
+        {"username": "carol", "role": "reader"},
+    ]
+)
+
+
+def test_accounts_mode_reads_the_team() -> None:
+    loaded = load_config(
+        {
+            **ACCOUNTS,
+            "adminUsername": "root-admin",
+            "adminPassword": "an-admin-password-0123",
+            "people": TEAM,
+            "authCacheTtlSeconds": "0",
+            "defaultPermission": "NO_PERMISSIONS",
+        }
+    )
+    assert loaded.login_mode == "accounts"
+    assert loaded.admin_username == "root-admin"
+    assert loaded.admin_password is not None
+    assert resolved(loaded.admin_password) == ("an-admin-password-0123", True)
+    assert loaded.people == (
+        stack_settings.Person("alice", "admin"),
+        stack_settings.Person("bob.smith@example.com", "editor"),
+        stack_settings.Person("carol", "reader"),
+    )
+    assert (loaded.auth_cache_ttl_seconds, loaded.default_permission) == (0, "NO_PERMISSIONS")
+    # The shared login's settings keep their defaults and are not used.
+    assert loaded.login_password is None
+    assert loaded.login_user == DEFAULTS["loginUser"]
+
+
+def test_an_empty_team_is_the_admin_alone() -> None:
+    assert load_config({**ACCOUNTS, "people": "[]"}).people == ()
+    assert load_config(ACCOUNTS).people == ()
+
+
+# (overrides in accounts mode, the key the message names, what it says): each names the key,
+# the problem and the fix.
+ACCOUNTS_BAD_VALUES = [
+    ({"people": "alice,bob"}, "people", "is not a list of people; write it in Pulumi.<stack>"),
+    ({"people": '{"alice": "editor"}'}, "people", "is not a list of people"),
+    ({"people": '["alice"]'}, "people[0]", "'alice' is not a person; write it in"),
+    (
+        {"people": '[{"username": "alice", "role": "editor", "email": "a@x"}]'},
+        "people[0]",
+        "has unknown fields 'email'; allowed: username, role",
+    ),
+    (
+        {"people": '[{"role": "editor"}]'},
+        "people[0].username",
+        "is missing or not text; give each person a username",
+    ),
+    (
+        {"people": '[{"username": "al ice", "role": "editor"}]'},
+        "people[0].username",
+        "'al ice' is not a valid login user; use 1 to 64 letters",
+    ),
+    (
+        {"people": '[{"username": "a:b", "role": "editor"}]'},
+        "people[0].username",
+        "'a:b' must not contain ':'",
+    ),
+    (
+        {"people": '[{"username": "alice", "role": "writer"}]'},
+        "people[0].role",
+        "'writer' is not a role; allowed: admin, editor, reader",
+    ),
+    (
+        {"people": '[{"username": "alice"}]'},
+        "people[0].role",
+        "is missing; allowed: admin, editor, reader",
+    ),
+    (
+        {"people": json.dumps([{"username": "alice", "role": "editor"}, {"username": "Alice"}])},
+        "people[1].username",
+        "'Alice' is listed twice (also people[0]; usernames are compared ignoring case)",
+    ),
+    (
+        {"people": '[{"username": "Admin", "role": "editor"}]'},
+        "people[0].username",
+        "'Admin' is the admin account (adminUsername), which the program creates itself; give",
+    ),
+    (
+        {"people": json.dumps([{"username": f"p{n}", "role": "reader"} for n in range(101)])},
+        "people",
+        "lists 101 people, more than 100",
+    ),
+    ({"adminUsername": "ad min"}, "adminUsername", "'ad min' is not a valid login user"),
+    ({"adminUsername": ""}, "adminUsername", "'' is not a valid login user"),
+    (
+        {"authCacheTtlSeconds": "-1"},
+        "authCacheTtlSeconds",
+        "-1 is out of range; allowed: 0 to 3600",
+    ),
+    ({"authCacheTtlSeconds": "3601"}, "authCacheTtlSeconds", "3601 is out of range"),
+    ({"authCacheTtlSeconds": "30s"}, "authCacheTtlSeconds", "'30s' is not a whole number"),
+    (
+        {"defaultPermission": "read"},
+        "defaultPermission",
+        "'read' is not allowed; allowed: READ, EDIT, MANAGE, NO_PERMISSIONS",
+    ),
+    ({"loginMode": "sso"}, "loginMode", "'sso' is not allowed; allowed: shared, accounts"),
+    ({"adminPassword": "short-Secret1"}, "adminPassword", "(value not shown) is too short"),
+    (
+        {"adminPassword": "p" * 73},
+        "adminPassword",
+        "(value not shown) is too long: use at most 72 bytes (the limit this project keeps for "
+        "every password)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("overrides", "key", "message"), ACCOUNTS_BAD_VALUES)
+def test_bad_accounts_settings_name_the_key_the_problem_and_the_fix(
+    overrides: dict[str, str], key: str, message: str
+) -> None:
+    text = problem({**ACCOUNTS, **overrides})
+    assert f"  - mlflow-heroku:{key}: {message}" in text
+
+
+def test_every_bad_person_is_reported_at_once() -> None:
+    people = [
+        {"username": "ok", "role": "reader"},
+        {"username": "", "role": "reader"},
+        {"username": "bad role", "role": "owner"},
+        {"username": "OK", "role": "editor"},
+    ]
+    text = problem({**ACCOUNTS, "people": json.dumps(people)})
+    assert text.count("\n  - ") == 4
+    assert "people[1].username" in text
+    assert "people[2].username" in text
+    assert "people[2].role" in text
+    assert "people[3].username" in text
+
+
+def test_each_login_mode_refuses_the_other_modes_settings() -> None:
+    """A setting the stack's mode never reads would silently do nothing: refused, naming the
+    key and both ways out, never the value."""
+    for key, value in {
+        "adminUsername": "boss",
+        "adminPassword": "a-secret-admin-password",
+        "people": TEAM,
+        "authCacheTtlSeconds": "60",
+        "defaultPermission": "EDIT",
+    }.items():
+        text = problem({key: value})
+        assert (
+            f"mlflow-heroku:{key}: is set (value not shown), but it applies to loginMode accounts "
+            "only and this stack's loginMode is shared; remove it (`pulumi config rm "
+            f"{key}`), or set loginMode accounts" in text
+        ), key
+        assert value not in text
+    for key, value in {"loginUser": "team", "loginPassword": "a-secret-shared-password"}.items():
+        text = problem({**ACCOUNTS, key: value})
+        assert (
+            f"mlflow-heroku:{key}: is set (value not shown), but it applies to loginMode shared "
+            "only and this stack's loginMode is accounts" in text
+        ), key
+        assert value not in text
+
+
+def test_the_other_modes_defaults_are_not_refused() -> None:
+    """The CLI hands the program Pulumi.yaml's defaults for keys a stack never set: those are
+    not "set", in either mode."""
+    defaults = {
+        key: str(DEFAULTS[key])
+        for key in (*stack_settings.ACCOUNTS_KEYS, "loginUser")
+        if key in DEFAULTS
+    }
+    assert load_config({**defaults, "people": "[]"}).login_mode == "shared"
+    assert load_config({**defaults, **ACCOUNTS}).login_mode == "accounts"
+
+
+def test_the_connection_budget_counts_the_accounts_store() -> None:
+    small = {"loginMode": "accounts", "postgresPlan": "essential-0"}
+    # 1 dyno x 1 worker x 3 pools x (3 + 1) + 3 = 15 fits essential-0's 20.
+    assert load_config({**small, "mlflowWorkers": "1"}).db_connections_needed == 15
+    # The default pools and workers need 27 connections with accounts, 19 in shared mode.
+    assert load_config().db_connections_needed == 19
+    text = problem(small)
+    assert (
+        "mlflow-heroku:dbPoolSize: dynoCount 1 x mlflowWorkers 2 x 3 pools (tracking, model "
+        "registry, accounts) x (dbPoolSize 3 + dbMaxOverflow 1) + 3 spare = 27 connections, "
+        "more than essential-0's limit of 20; lower dbPoolSize + dbMaxOverflow to at most 2 in "
+        "total, or choose a larger postgresPlan" in text
+    )
+    assert load_config({**small, "dbPoolSize": "1"}).db_connections_needed == 15
+    assert load_config({**small, "postgresPlan": "essential-2"}).db_connections_needed == 27
+    # When no pool sizes can fit, the message says to lower the workers instead.
+    crowded = {**small, "dynoSize": "standard-2x", "mlflowWorkers": "4", "dbPoolSize": "1"}
+    text = problem(crowded)
+    assert "= 27 connections, more than essential-0's limit of 20; lower mlflowWorkers or " in text
+    assert stack_settings.db_pools_per_worker("accounts") == (
+        stack_settings.DB_POOLS_PER_WORKER + stack_settings.AUTH_STORE_POOLS_PER_WORKER
+    )
+
+
+def test_an_admin_password_is_refused_in_plain_text_and_never_echoed() -> None:
+    password = "an-admin-password-in-plain-text"
+    text = problem({**ACCOUNTS, "adminPassword": password}, secret_keys={"heroku:apiKey"})
+    assert (
+        "mlflow-heroku:adminPassword: is stored in plain text; run "
+        "`pulumi config set --secret adminPassword`" in text
+    )
+    assert password not in text
+
+
 def test_stack_files_are_valid_and_hold_no_secrets() -> None:
     for stack in ("dev", "prod"):
         config = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
-        assert not {"heroku:apiKey", "mlflow-heroku:loginPassword"} & set(config)
+        assert not SECRET & set(config)
         assert not any(isinstance(value, dict) and "secure" in value for value in config.values())
         # Native YAML types, so the CLI's check against Pulumi.yaml's declared types passes.
         project = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
         kinds = {"integer": int, "boolean": bool, "string": str}
         for key, value in config.items():
             name = key.removeprefix("mlflow-heroku:")
-            if name != key:
+            if name == "people":  # undeclared (Pulumi.yaml types have no objects)
+                assert isinstance(value, list), key
+            elif name != key:
                 assert isinstance(value, kinds[project[name]["type"]]), key
         # What the CLI hands the program: strings, booleans as "true"/"false".
         raw = base_config(stack)
@@ -239,6 +462,13 @@ def test_stack_files_are_valid_and_hold_no_secrets() -> None:
     assert dev["mlflow-heroku:protectData"] is False
     limits = stack_settings.POSTGRES_CONNECTION_LIMITS
     assert limits[prod["mlflow-heroku:postgresPlan"]] > limits[dev["mlflow-heroku:postgresPlan"]]
+    # Prod runs team accounts with an example team; dev pins the shared login explicitly, so a
+    # later change of the default cannot switch it.
+    assert prod["mlflow-heroku:loginMode"] == "accounts"
+    assert dev["mlflow-heroku:loginMode"] == "shared"
+    raw = base_config("prod")
+    people = load("prod", raw.get, lambda key: key == "heroku:apiKey", {}).people
+    assert {person.role for person in people} == set(stack_settings.ROLES)
 
 
 def test_pulumi_yaml_declares_exactly_the_settings_and_their_defaults() -> None:
@@ -275,16 +505,31 @@ def test_pulumi_yaml_states_the_programs_limits() -> None:
     gib = 1024**3
     body = f"{stack_settings.MIN_BODY_SIZE // gib}g to {stack_settings.MAX_BODY_SIZE // gib}g"
     assert body in declared["maxBodySize"]["description"]
-    formula = (
-        f"dynoCount x mlflowWorkers x {stack_settings.DB_POOLS_PER_WORKER} x "
-        f"(dbPoolSize + dbMaxOverflow) + {stack_settings.DB_CONNECTION_MARGIN}"
+    for mode in stack_settings.LOGIN_MODES:
+        formula = (
+            f"dynoCount x mlflowWorkers x {stack_settings.db_pools_per_worker(mode)} x "
+            f"(dbPoolSize + dbMaxOverflow) + {stack_settings.DB_CONNECTION_MARGIN}"
+        )
+        assert formula in declared["dbPoolSize"]["description"], mode
+    modes = declared["loginMode"]["description"]
+    assert all(f"{mode}:" in modes for mode in stack_settings.LOGIN_MODES)
+    permissions = declared["defaultPermission"]["description"]
+    assert f"{', '.join(stack_settings.PERMISSIONS[:-1])} or {stack_settings.PERMISSIONS[-1]}" in (
+        permissions
     )
-    assert formula in declared["dbPoolSize"]["description"]
+    # The header comment documents the undeclared keys; read it as one text.
+    header = " ".join(
+        line.removeprefix("#").strip() for line in text.splitlines() if line.startswith("#")
+    )
+    roles = f"{', '.join(stack_settings.ROLES[:-1])} or {stack_settings.ROLES[-1]}"
+    assert f"role {roles};" in header
+    assert f"at most {stack_settings.MAX_PEOPLE})" in header
     password = f"{stack_settings.MIN_PASSWORD_LENGTH}-{stack_settings.MAX_PASSWORD_BYTES} bytes"
     assert (
         f"#   loginPassword  secret (`pulumi config set --secret loginPassword`), {password}"
         in text
     )
+    assert f"(`pulumi config set --secret adminPassword`), {password}" in text
     assert f"Unset: a {GENERATED_PASSWORD_LENGTH}-character password is generated" in text
     dyno_sizes = declared["dynoSize"]["description"]
     assert ", ".join(stack_settings.DYNO_MEMORY_MB) in dyno_sizes
@@ -371,7 +616,14 @@ def test_generated_bad_values_give_a_clear_error_naming_the_key(data: st.DataObj
     )
 )
 def test_any_config_either_loads_or_fails_with_settings_error(config: dict[str, str]) -> None:
-    """Whatever the values, the only exception is SettingsError (never a library traceback)."""
+    """Whatever the values, the only exception is SettingsError (never a library traceback),
+    in either login mode."""
+    for mode in stack_settings.LOGIN_MODES:
+        result = outcome({"loginMode": mode, **config})
+        if isinstance(result, SettingsError):
+            assert str(result).startswith("Invalid configuration for stack 'dev':")
+        else:
+            assert isinstance(result, Settings)
     result = outcome(config)
     if isinstance(result, SettingsError):
         assert str(result).startswith("Invalid configuration for stack 'dev':")
@@ -380,16 +632,44 @@ def test_any_config_either_loads_or_fails_with_settings_error(config: dict[str, 
 
 
 @settings(max_examples=100, deadline=None, derandomize=True)
-@given(password=printable.map(lambda text: f"QZXJ{text}"), plain=st.booleans())
-def test_a_password_is_never_echoed(password: str, plain: bool) -> None:
+@given(
+    password=printable.map(lambda text: f"QZXJ{text}"),
+    plain=st.booleans(),
+    key=st.sampled_from(["loginPassword", "adminPassword"]),
+    mode=st.sampled_from(stack_settings.LOGIN_MODES),
+)
+def test_a_password_is_never_echoed(password: str, plain: bool, key: str, mode: str) -> None:
     result = outcome(
-        {"loginPassword": password}, secret_keys={"heroku:apiKey"} if plain else SECRET
+        {"loginMode": mode, key: password}, secret_keys={"heroku:apiKey"} if plain else SECRET
     )
     if isinstance(result, SettingsError):
         assert "QZXJ" not in str(result)
-        assert "mlflow-heroku:loginPassword: " in str(result)
+        assert f"mlflow-heroku:{key}: " in str(result)
     else:
         assert not plain
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | printable,
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.sampled_from(["username", "role", "x"]), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(people=st.lists(json_values, max_size=4).map(json.dumps) | printable)
+def test_any_people_value_loads_or_names_the_entry_at_fault(people: str) -> None:
+    result = outcome({**ACCOUNTS, "mlflowWorkers": "1", "people": people})
+    if isinstance(result, SettingsError):
+        for line in str(result).splitlines()[1:]:
+            assert line.startswith("  - mlflow-heroku:people"), line
+    else:
+        usernames = [person.username.casefold() for person in result.people]
+        assert len(set(usernames)) == len(usernames)
+        assert all(person.role in stack_settings.ROLES for person in result.people)
 
 
 def outcome(config: Mapping[str, str], secret_keys: set[str] = SECRET) -> Settings | SettingsError:
