@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from infra import heroku_app
 from infra.artifact_store import OBJECT_ACTIONS
 from infra.heroku_app import host_of
 from infra.image import PROJECT_DIR, content_tag
@@ -61,11 +62,23 @@ COMPONENTS = {
 OUTPUT_NAMES = {
     "appUrl",
     "mlflowTrackingUri",
+    "loginMode",
     "loginUser",
     "loginPassword",
     "bucketName",
     "imageId",
     "clientEnvironment",
+}
+# The prod stack file's example team.
+PROD_PEOPLE = {"alice": "admin", "bob": "editor", "carol": "reader"}
+# The generated secrets each stack file's stack declares.
+GENERATED = {
+    "dev": {"login-password", "gateway-kek-passphrase"},
+    "prod": {
+        "admin-password",
+        "gateway-kek-passphrase",
+        *(f"person-password-{name}" for name in PROD_PEOPLE),
+    },
 }
 
 
@@ -129,8 +142,10 @@ def test_every_resource_has_its_component_as_parent(
         RELEASE: "mlflow-heroku:index:WebRelease",
         FORMATION: "mlflow-heroku:index:WebRelease",
     }
-    types = sorted(r.type for r in program.registrations)
-    assert types == sorted([*expected_parent, *COMPONENTS])
+    types = sorted(r.type for r in program.registrations if r.type != PASSWORD)
+    assert types == sorted({*expected_parent, *COMPONENTS} - {PASSWORD})
+    assert {r.name for r in program.all(PASSWORD)} == GENERATED[stack]
+    assert len(program.all(PASSWORD)) == len(GENERATED[stack])
     for registration in program.registrations:
         if registration.type in COMPONENTS:
             assert registration.name == COMPONENTS[registration.type]
@@ -166,6 +181,7 @@ def test_config_vars_come_from_the_real_host_name_and_the_other_resources(dev: P
     assert config_vars.inputs["vars"] == {
         "S3_URI": f"s3://{bucket}/artifacts",
         "AWS_DEFAULT_REGION": "eu-west-1",
+        "MLFLOW_HEROKU_LOGIN_MODE": "shared",
         "MLFLOW_TRACKING_USERNAME": "mlflow",
         "MLFLOW_SERVER_ALLOWED_HOSTS": host,
         "MLFLOW_SERVER_CORS_ALLOWED_ORIGINS": f"https://{host}",
@@ -180,7 +196,8 @@ def test_config_vars_come_from_the_real_host_name_and_the_other_resources(dev: P
     assert reveal(sensitive) == {
         "AWS_ACCESS_KEY_ID": access_key.id,
         "AWS_SECRET_ACCESS_KEY": reveal(access_key.outputs["secret"]),
-        "MLFLOW_TRACKING_PASSWORD": reveal(dev.one(PASSWORD).outputs["result"]),
+        "MLFLOW_TRACKING_PASSWORD": generated(dev, "login-password"),
+        "MLFLOW_CRYPTO_KEK_PASSPHRASE": generated(dev, "gateway-kek-passphrase"),
     }
     # DATABASE_URL belongs to the add-on (it changes on credential rotation and failover).
     assert "DATABASE_URL" not in config_vars.inputs["vars"]
@@ -191,11 +208,26 @@ def test_config_vars_come_from_the_real_host_name_and_the_other_resources(dev: P
     depends_on(dev, config_vars, "app", "bucket", "access-key-1", "login-password")
 
 
-def test_generated_password_is_a_long_secret(dev: ProgramRun) -> None:
-    password = dev.one(PASSWORD)
-    assert password.inputs["length"] == 32
-    assert password.inputs["special"] is False
-    assert "result" in password.additional_secret_outputs
+def generated(program: ProgramRun, name: str) -> str:
+    """The value a RandomPassword of the program generated (the mock's stand-in)."""
+    return str(reveal(program.one(PASSWORD, name).outputs["result"]))
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_generated_secrets_are_long_secrets(stack: str, dev: ProgramRun, prod: ProgramRun) -> None:
+    program = dev if stack == "dev" else prod
+    for password in program.all(PASSWORD):
+        long = password.name == "gateway-kek-passphrase"
+        assert password.inputs["length"] == (64 if long else 32), password.name
+        # Letters and digits only: they end up in shell exports and URLs.
+        assert password.inputs["special"] is False, password.name
+        assert "result" in password.additional_secret_outputs, password.name
+        # Only a person's generator has keepers; nothing else replaces a password.
+        keepers = password.inputs.get("keepers")
+        if password.name.startswith("person-password-"):
+            assert keepers == {"username": password.name.removeprefix("person-password-")}
+        else:
+            assert keepers is None, password.name
 
 
 def test_dev_bucket_is_private_encrypted_tls_only_and_destroyable(dev: ProgramRun) -> None:
@@ -334,7 +366,8 @@ def test_exports_and_which_are_secret(dev: ProgramRun) -> None:
     assert not dev.unknown_outputs
     assert dev.secret_outputs == {"loginPassword", "clientEnvironment"}
     web_url = dev.one(APP).outputs["webUrl"]
-    password = reveal(dev.one(PASSWORD).outputs["result"])
+    password = generated(dev, "login-password")
+    assert dev.outputs["loginMode"] == "shared"
     assert dev.outputs["appUrl"] == web_url
     assert dev.outputs["mlflowTrackingUri"] == web_url.rstrip("/")
     assert dev.outputs["loginUser"] == "mlflow"
@@ -388,7 +421,7 @@ def test_configured_password_custom_domain_and_kms_key(program_module: ModuleTyp
         accessKeyGeneration="2",
         bucketName="acme-mlflow-artifacts",
     )
-    assert not program.all(PASSWORD)
+    assert {r.name for r in program.all(PASSWORD)} == {"gateway-kek-passphrase"}
     sensitive = reveal(program.one(CONFIG_VARS).inputs["sensitiveVars"])
     assert sensitive["MLFLOW_TRACKING_PASSWORD"] == "a-configured-password-1234"
     assert program.outputs["loginPassword"] == "a-configured-password-1234"
@@ -480,8 +513,8 @@ def test_preview_of_a_new_stack_works_with_unknown_values(
     assert config_vars["AWS_DEFAULT_REGION"] == "eu-west-1"
     assert isinstance(program.one(RELEASE).inputs["image_ref"], pulumi.output.Unknown)
     assert isinstance(program.one(RELEASE).inputs["release_image_ref"], pulumi.output.Unknown)
-    assert program.unknown_outputs == OUTPUT_NAMES - {"loginUser"}
-    assert program.outputs["loginUser"] == "mlflow"
+    assert program.unknown_outputs == OUTPUT_NAMES - {"loginUser", "loginMode"}
+    assert program.outputs["loginUser"] == {"dev": "mlflow", "prod": "admin"}[stack]
     assert {"loginPassword", "clientEnvironment"} <= program.secret_outputs
 
 
@@ -499,6 +532,8 @@ def test_preview_of_a_new_stack_works_with_unknown_values(
             ("kmsKeyArn", "arn:aws:kms:eu-west-1:1:key/x"),
             ("maxBodySize", "10m"),
             ("customDomains", "not a host"),
+            ("people", "not a list"),
+            ("loginMode", "sso"),
         ]
     ),
     stack=st.sampled_from(["dev", "prod"]),
@@ -519,3 +554,205 @@ def test_host_of_takes_the_real_host_from_the_web_url() -> None:
     assert host_of("https://acme-1a2b3c4d5e6f.herokuapp.com/") == "acme-1a2b3c4d5e6f.herokuapp.com"
     with pytest.raises(ValueError, match="without a host name"):
         host_of("not a url")
+
+
+# -- login modes and team accounts --------------------------------------------------------------
+
+
+def test_accounts_mode_sets_the_accounts_config_vars_and_no_shared_login(prod: ProgramRun) -> None:
+    config_vars = prod.one(CONFIG_VARS).inputs
+    plain = config_vars["vars"]
+    assert plain["MLFLOW_HEROKU_LOGIN_MODE"] == "accounts"
+    assert plain["MLFLOW_AUTH_ADMIN_USERNAME"] == "admin"
+    assert plain["MLFLOW_HEROKU_AUTH_CACHE_TTL_SECONDS"] == "30"
+    assert plain["MLFLOW_HEROKU_DEFAULT_PERMISSION"] == "READ"
+    assert json.loads(plain["MLFLOW_HEROKU_PEOPLE"]) == [
+        {"username": name, "role": role} for name, role in PROD_PEOPLE.items()
+    ]
+    assert is_secret(config_vars["sensitiveVars"])
+    sensitive = reveal(config_vars["sensitiveVars"])
+    assert sensitive["MLFLOW_AUTH_ADMIN_PASSWORD"] == generated(prod, "admin-password")
+    assert json.loads(sensitive["MLFLOW_HEROKU_PEOPLE_PASSWORDS"]) == {
+        name: generated(prod, f"person-password-{name}") for name in PROD_PEOPLE
+    }
+    assert sensitive["MLFLOW_CRYPTO_KEK_PASSPHRASE"] == generated(prod, "gateway-kek-passphrase")
+    # Nothing of the shared login is left for the image to read.
+    every_var = set(plain) | set(sensitive)
+    assert not {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} & every_var
+    # The program sets exactly the login variables its mode names, plain and sensitive.
+    login_vars = {var for pair in heroku_app.LOGIN_VARS.values() for names in pair for var in names}
+    plain_names, sensitive_names = heroku_app.LOGIN_VARS["accounts"]
+    assert set(plain) & login_vars == plain_names
+    assert set(sensitive) & login_vars == sensitive_names
+    depends_on(prod, prod.one(CONFIG_VARS), "admin-password", "person-password-bob")
+
+
+def test_shared_mode_sets_exactly_its_login_variables(dev: ProgramRun) -> None:
+    config_vars = dev.one(CONFIG_VARS).inputs
+    login_vars = {var for pair in heroku_app.LOGIN_VARS.values() for names in pair for var in names}
+    plain_names, sensitive_names = heroku_app.LOGIN_VARS["shared"]
+    assert set(config_vars["vars"]) & login_vars == plain_names
+    assert set(reveal(config_vars["sensitiveVars"])) & login_vars == sensitive_names
+
+
+def test_accounts_mode_exports_each_persons_client_lines_as_a_secret(prod: ProgramRun) -> None:
+    assert prod.outputs["loginMode"] == "accounts"
+    assert prod.secret_outputs == {"loginPassword", "clientEnvironment"}
+    # The program's own login is the admin account (the smoke check logs in with it).
+    assert prod.outputs["loginUser"] == "admin"
+    assert prod.outputs["loginPassword"] == generated(prod, "admin-password")
+    uri = prod.one(APP).outputs["webUrl"].rstrip("/")
+    logins = {"admin": generated(prod, "admin-password")} | {
+        name: generated(prod, f"person-password-{name}") for name in PROD_PEOPLE
+    }
+    assert prod.outputs["clientEnvironment"] == {
+        name: (
+            f"export MLFLOW_TRACKING_URI={uri}\n"
+            f"export MLFLOW_TRACKING_USERNAME={name}\n"
+            f"export MLFLOW_TRACKING_PASSWORD={password}\n"
+        )
+        for name, password in logins.items()
+    }
+    assert len(set(logins.values())) == len(logins)
+
+
+def all_secret_values(program: ProgramRun, config: dict[str, str]) -> set[str]:
+    """Every secret the program handles: what it generated, the access key's secret half and
+    the secrets of the stack's configuration."""
+    values = {generated(program, r.name) for r in program.all(PASSWORD)}
+    values.add(str(reveal(program.one(ACCESS_KEY).outputs["secret"])))
+    values |= {
+        value
+        for key, value in config.items()
+        if key in ("heroku:apiKey", f"{PROJECT}:loginPassword", f"{PROJECT}:adminPassword")
+    }
+    return values
+
+
+SECRETS_CASES = {
+    "shared, generated": ("dev", {}),
+    "shared, configured": ("dev", {"loginPassword": "a-configured-shared-password"}),
+    "accounts, generated": ("prod", {}),
+    "accounts, configured": ("prod", {"adminPassword": "a-configured-admin-password"}),
+}
+
+
+@pytest.mark.parametrize(("stack", "overrides"), list(SECRETS_CASES.values()), ids=SECRETS_CASES)
+def test_no_secret_appears_in_a_plain_output_or_config_var(
+    program_module: ModuleType, stack: str, overrides: dict[str, str]
+) -> None:
+    config = base_config(stack) | {f"{PROJECT}:{key}": value for key, value in overrides.items()}
+    program = run_program(stack, config, program=program_module.main)
+    secrets = all_secret_values(program, config)
+    assert len(secrets) >= 4
+    plain_outputs = json.dumps(
+        {
+            name: value
+            for name, value in program.outputs.items()
+            if name not in program.secret_outputs
+        }
+    )
+    config_vars = program.one(CONFIG_VARS).inputs
+    plain_vars = json.dumps(config_vars["vars"])
+    assert is_secret(config_vars["sensitiveVars"])
+    for value in secrets:
+        assert value not in plain_outputs
+        assert value not in plain_vars
+    # Each generated or configured login password does reach the sensitive vars.
+    sensitive = json.dumps(reveal(config_vars["sensitiveVars"]))
+    for value in secrets - {API_KEY}:
+        assert value in sensitive
+    assert program.secret_outputs == {"loginPassword", "clientEnvironment"}
+    if overrides:
+        # A configured password replaces the generator.
+        (configured,) = overrides.values()
+        assert program.outputs["loginPassword"] == configured
+        assert not {"login-password", "admin-password"} & {r.name for r in program.all(PASSWORD)}
+
+
+def person_passwords(program: ProgramRun) -> dict[str, Registration]:
+    return {
+        r.name.removeprefix("person-password-"): r
+        for r in program.all(PASSWORD)
+        if r.name.startswith("person-password-")
+    }
+
+
+def test_people_keep_their_password_generators_as_the_team_changes(
+    program_module: ModuleType, prod: ProgramRun
+) -> None:
+    """What `pulumi up` diffs for a person's generator: the same URN and inputs, so the same
+    password, as long as they are listed (a role change included); removed, it goes."""
+    before = person_passwords(prod)
+    team = [
+        {"username": "alice", "role": "admin"},
+        {"username": "carol", "role": "editor"},  # was a reader
+        {"username": "dave", "role": "reader"},  # new
+    ]
+    after_run = run(program_module, "prod", people=json.dumps(team))
+    after = person_passwords(after_run)
+    assert set(after) == {"alice", "carol", "dave"}
+    for name in ("alice", "carol"):
+        assert (after[name].urn, after[name].inputs) == (before[name].urn, before[name].inputs)
+        assert generated(after_run, f"person-password-{name}") == generated(
+            prod, f"person-password-{name}"
+        )
+    people_var = json.loads(after_run.one(CONFIG_VARS).inputs["vars"]["MLFLOW_HEROKU_PEOPLE"])
+    assert people_var == team
+    passwords = reveal(after_run.one(CONFIG_VARS).inputs["sensitiveVars"])
+    assert set(json.loads(passwords["MLFLOW_HEROKU_PEOPLE_PASSWORDS"])) == {
+        "alice",
+        "carol",
+        "dave",
+    }
+    assert set(after_run.outputs["clientEnvironment"]) == {"admin", "alice", "carol", "dave"}
+    # The admin's and the gateway's generators do not move either.
+    for name in ("admin-password", "gateway-kek-passphrase"):
+        assert after_run.one(PASSWORD, name).urn == prod.one(PASSWORD, name).urn
+
+
+def test_switching_to_accounts_drops_the_shared_login_and_keeps_the_gateway_passphrase(
+    program_module: ModuleType, dev: ProgramRun
+) -> None:
+    switched = run(program_module, "dev", loginMode="accounts", mlflowWorkers="1")
+    names = {r.name for r in switched.all(PASSWORD)}
+    assert names == {"admin-password", "gateway-kek-passphrase"}
+    kek = switched.one(PASSWORD, "gateway-kek-passphrase")
+    assert (kek.urn, kek.inputs) == (
+        dev.one(PASSWORD, "gateway-kek-passphrase").urn,
+        dev.one(PASSWORD, "gateway-kek-passphrase").inputs,
+    )
+    plain = switched.one(CONFIG_VARS).inputs["vars"]
+    assert plain["MLFLOW_HEROKU_LOGIN_MODE"] == "accounts"
+    assert json.loads(plain["MLFLOW_HEROKU_PEOPLE"]) == []
+    sensitive = reveal(switched.one(CONFIG_VARS).inputs["sensitiveVars"])
+    assert json.loads(sensitive["MLFLOW_HEROKU_PEOPLE_PASSWORDS"]) == {}
+    assert "MLFLOW_TRACKING_USERNAME" not in plain
+    assert set(switched.outputs["clientEnvironment"]) == {"admin"}
+
+
+def test_accounts_settings_reach_the_config_vars(program_module: ModuleType) -> None:
+    program = run(
+        program_module,
+        "prod",
+        adminUsername="mlflow-admin",
+        authCacheTtlSeconds="0",
+        defaultPermission="NO_PERMISSIONS",
+    )
+    plain = program.one(CONFIG_VARS).inputs["vars"]
+    assert plain["MLFLOW_AUTH_ADMIN_USERNAME"] == "mlflow-admin"
+    assert plain["MLFLOW_HEROKU_AUTH_CACHE_TTL_SECONDS"] == "0"
+    assert plain["MLFLOW_HEROKU_DEFAULT_PERMISSION"] == "NO_PERMISSIONS"
+    assert program.outputs["loginUser"] == "mlflow-admin"
+    assert "mlflow-admin" in program.outputs["clientEnvironment"]
+
+
+def test_the_accounts_store_counts_in_the_budget_before_anything_is_declared(
+    program_module: ModuleType,
+) -> None:
+    """dev's pools fit essential-0 in shared mode, not with the accounts store's pool."""
+    monitor = RecordingMonitor(HerokuAwsMocks(preview=True))
+    config = base_config("dev") | {f"{PROJECT}:loginMode": "accounts"}
+    with pytest.raises(SettingsError, match=r"x 3 pools \(tracking, model registry, accounts\)"):
+        run_program("dev", config, preview=True, program=program_module.main, monitor=monitor)
+    assert monitor.registrations == []
