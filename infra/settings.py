@@ -84,6 +84,9 @@ LOGIN_MODES: Final = ("shared", "accounts")
 ROLES: Final = ("admin", "editor", "reader")
 # MLflow's permission names (mlflow/server/auth/permissions.py), for defaultPermission.
 PERMISSIONS: Final = ("READ", "EDIT", "MANAGE", "NO_PERMISSIONS")
+# Those that can write: as the default they would be every reader's too, so they are refused
+# while people lists a reader.
+WRITING_PERMISSIONS: Final = ("EDIT", "MANAGE")
 # Keys each mode alone reads; the other mode refuses them when they differ from their default.
 SHARED_LOGIN_KEYS: Final = ("loginUser", "loginPassword")
 ACCOUNTS_KEYS: Final = (
@@ -412,6 +415,16 @@ def check_login_user(value: str) -> str | None:
     return "is not a valid login user; use 1 to 64 letters, digits or . _ @ + -"
 
 
+def check_account_name(value: str) -> str | None:
+    """adminUsername and each person's username: loginUser's rules, and a letter or digit
+    first (the image refuses others)."""
+    if (problem := check_login_user(value)) is not None:
+        return problem
+    if not value[0].isascii() or not value[0].isalnum():
+        return "must start with a letter or digit"
+    return None
+
+
 def check_hostname(value: str) -> str | None:
     labels = value.split(".")
     if (
@@ -443,6 +456,19 @@ def check_password(value: str, limit: str = "bcrypt's limit") -> str | None:
     return None
 
 
+def check_account_password(value: str) -> str | None:
+    """adminPassword: check_password's rules, in ASCII only, because MLflow's FastAPI routes
+    decode a login as ASCII (mlflow/server/auth/__init__.py), so other characters would log in
+    on some routes and not on others."""
+    if (
+        problem := check_password(value, "the limit this project keeps for every password")
+    ) is not None:
+        return problem
+    if not value.isascii():
+        return "contains characters outside ASCII: MLflow reads logins as ASCII on some routes"
+    return None
+
+
 def _read_domains(reader: _Reader) -> tuple[str, ...]:
     key = "customDomains"
     raw = reader.raw(key)
@@ -465,7 +491,7 @@ def _read_domains(reader: _Reader) -> tuple[str, ...]:
 
 
 def _read_password(
-    reader: _Reader, key: str, limit: str = "bcrypt's limit"
+    reader: _Reader, key: str, check: Callable[[str], str | None] = check_password
 ) -> pulumi.Output[str] | None:
     """A password key: None when unset (the program generates one), else a secret Output."""
     password = reader.raw(key)
@@ -477,7 +503,7 @@ def _read_password(
             f"is stored in plain text; run `pulumi config set --secret {key}` "
             "(the value is not shown here)",
         )
-    elif (problem := check_password(password, limit)) is not None:
+    elif (problem := check(password)) is not None:
         reader.fail(key, f"(value not shown) {problem}")
     return pulumi.Output.secret(password)
 
@@ -530,7 +556,7 @@ def _read_people(reader: _Reader, admin_username: str) -> tuple[Person, ...]:
                 f"{where}.username",
                 "is missing or not text; give each person a username, e.g. alice",
             )
-        elif (problem := check_login_user(username)) is not None:
+        elif (problem := check_account_name(username)) is not None:
             valid = False
             reader.fail(f"{where}.username", f"{username!r} {problem}")
         elif folded == admin_username.casefold():
@@ -646,13 +672,19 @@ def load(
         login_user = reader.string("loginUser", check_login_user)
         login_password = _read_password(reader, "loginPassword")
     elif login_mode == "accounts":
-        admin_username = reader.string("adminUsername", check_login_user)
-        admin_password = _read_password(
-            reader, "adminPassword", "the limit this project keeps for every password"
-        )
+        admin_username = reader.string("adminUsername", check_account_name)
+        admin_password = _read_password(reader, "adminPassword", check_account_password)
         people = _read_people(reader, admin_username)
         cache_ttl = reader.integer("authCacheTtlSeconds")
         default_permission = reader.string("defaultPermission", _one_of(PERMISSIONS))
+        readers = [person.username for person in people if person.role == "reader"]
+        if default_permission in WRITING_PERMISSIONS and readers:
+            # The image refuses it too: the default would reach the readers (docs/image.md).
+            reader.fail(
+                "defaultPermission",
+                f"{default_permission!r} would let every account write, the readers in people "
+                f"({', '.join(readers)}) too; use READ or NO_PERMISSIONS",
+            )
 
     login_password = _read_password(reader, "loginPassword")
 

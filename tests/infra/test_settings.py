@@ -261,6 +261,13 @@ def test_accounts_mode_reads_the_team() -> None:
     assert loaded.login_user == DEFAULTS["loginUser"]
 
 
+def test_a_writing_default_is_allowed_without_readers() -> None:
+    editors = json.dumps([{"username": "bob", "role": "editor"}])
+    for permission in stack_settings.WRITING_PERMISSIONS:
+        loaded = load_config({**ACCOUNTS, "defaultPermission": permission, "people": editors})
+        assert loaded.default_permission == permission
+
+
 def test_an_empty_team_is_the_admin_alone() -> None:
     assert load_config({**ACCOUNTS, "people": "[]"}).people == ()
     assert load_config(ACCOUNTS).people == ()
@@ -316,6 +323,23 @@ ACCOUNTS_BAD_VALUES = [
         {"people": json.dumps([{"username": f"p{n}", "role": "reader"} for n in range(101)])},
         "people",
         "lists 101 people, more than 100",
+    ),
+    (
+        {"people": '[{"username": ".alice", "role": "editor"}]'},
+        "people[0].username",
+        "'.alice' must start with a letter or digit",
+    ),
+    ({"adminUsername": "-admin"}, "adminUsername", "'-admin' must start with a letter or digit"),
+    (
+        {"adminPassword": "pässwörd-long-enough"},
+        "adminPassword",
+        "(value not shown) contains characters outside ASCII: MLflow reads logins as ASCII",
+    ),
+    (
+        {"defaultPermission": "EDIT", "people": TEAM},
+        "defaultPermission",
+        "'EDIT' would let every account write, the readers in people (carol) too; use READ or "
+        "NO_PERMISSIONS",
     ),
     ({"adminUsername": "ad min"}, "adminUsername", "'ad min' is not a valid login user"),
     ({"adminUsername": ""}, "adminUsername", "'' is not a valid login user"),
