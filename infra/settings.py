@@ -41,6 +41,9 @@ DEFAULTS: Final[Mapping[str, str | int | bool | list[str]]] = {
     "protectData": False,
     "customDomains": [],
     "releaseTimeoutSeconds": 600,
+    # Scheduled maintenance (image/mlflow_heroku_runtime/maintenance.py, docs/operations.md).
+    "backupRetentionDays": 30,
+    "gcAfterDays": 30,
 }
 OPTIONAL_KEYS: Final = ("loginPassword", "bucketName", "kmsKeyArn")
 REQUIRED_KEYS: Final = ("appName",)
@@ -145,6 +148,9 @@ INTEGER_RANGES: Final[Mapping[str, tuple[int, int]]] = {
     "accessKeyGeneration": (1, 1_000_000),
     # At most 30 min: the deploy job's 60 min must also cover the image build and push.
     "releaseTimeoutSeconds": (60, MAX_RELEASE_TIMEOUT_SECONDS),
+    # Scheduled maintenance: the newest backup always stays; gcAfterDays 0 turns the gc off.
+    "backupRetentionDays": (1, 3650),
+    "gcAfterDays": (0, 3650),
 }
 
 
@@ -177,6 +183,9 @@ class Settings:
     protect_data: bool
     custom_domains: tuple[str, ...]
     release_timeout_seconds: int
+    # Scheduled maintenance.
+    backup_retention_days: int
+    gc_after_days: int  # 0: off
     aws_region: str
     heroku_api_key: pulumi.Output[str]  # secret
 
@@ -474,6 +483,9 @@ def load(
     protect_data = reader.boolean("protectData")
     custom_domains = _read_domains(reader)
     release_timeout = reader.integer("releaseTimeoutSeconds")
+    # Scheduled maintenance.
+    backup_retention_days = reader.integer("backupRetentionDays")
+    gc_after_days = reader.integer("gcAfterDays")
 
     aws_region = get("aws:region") or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
     if not aws_region:
@@ -551,6 +563,8 @@ def load(
         protect_data=protect_data,
         custom_domains=custom_domains,
         release_timeout_seconds=release_timeout,
+        backup_retention_days=backup_retention_days,
+        gc_after_days=gc_after_days,
         aws_region=aws_region,
         heroku_api_key=pulumi.Output.secret(api_key),
     )
