@@ -56,6 +56,7 @@ RANGES: Mapping[str, tuple[int, int]] = {
     RETENTION_DAYS_VARIABLE: (1, 3650),
     GC_AFTER_DAYS_VARIABLE: (0, 3650),
 }
+COMMANDS = ("all", "backup", "gc")  # all: backup, then gc if the backup succeeded
 BACKUP_LABEL = "scheduled"
 # Well inside a one-off dyno's life and the scheduled job's timeout (.github/workflows/
 # maintenance.yml), which also covers installing the Heroku CLI and starting the dyno.
@@ -468,7 +469,7 @@ def argument_parser() -> argparse.ArgumentParser:
         prog="python -m mlflow_heroku_runtime.maintenance",
         description="Scheduled backups and clean-up of deleted runs (docs/operations.md).",
     )
-    parser.add_argument("command", choices=["backup", "gc", "all"])
+    parser.add_argument("command", choices=COMMANDS)
     parser.add_argument(
         "--time-limit",
         type=int,
