@@ -236,6 +236,7 @@ class GcReport:
     failed: dict[str, list[str]] = field(
         default_factory=lambda: {"run": [], "logged model": [], "experiment": []}
     )
+    restored: list[str] = field(default_factory=list)  # live again: kept
     left: int = 0
     files: int = 0
     bytes: int = 0
@@ -360,6 +361,24 @@ def plan_gc(store: Any, older_than_ms: int, now_ms: int) -> list[Item]:
     return plan
 
 
+def still_deleted(store: Any, item: Item) -> bool:
+    """Whether the item is still in the deleted stage (someone may have restored it, or its
+    experiment, since the plan was made): as `mlflow gc`, never purge a live one."""
+    from mlflow.entities import LifecycleStage
+    from mlflow.exceptions import MlflowException
+
+    experiment = item.id if item.kind == "experiment" else item.experiment_id
+    if experiment is not None:
+        return bool(store.get_experiment(experiment).lifecycle_stage == LifecycleStage.DELETED)
+    if item.kind == "run":
+        return bool(store.get_run(item.id).info.lifecycle_stage == LifecycleStage.DELETED)
+    try:
+        store.get_logged_model(item.id)  # finds live models only
+    except MlflowException:
+        return True
+    return False
+
+
 def purge(store: Any, remover: ArtifactRemover, item: Item) -> tuple[int, int]:
     from . import internals
 
@@ -404,6 +423,10 @@ def collect_garbage(
             continue
         try:
             with lock_each():
+                if not still_deleted(store, item):
+                    log(f"kept {item.kind} {item.id}: restored since the gc began")
+                    report.restored.append(item.id)
+                    continue
                 files, size = purge(store, remover, item)
         except SchemaChangedError as error:
             report.left = len(plan) - index
@@ -451,7 +474,8 @@ def run_gc(connection: Connection, config: Config, deadline: float) -> GcReport 
         f"gc removed {len(removed['run'])} run(s), {len(removed['logged model'])} logged "
         f"model(s), {len(removed['experiment'])} experiment(s), {report.files} artifact file(s) "
         f"({report.bytes} bytes) in {time.monotonic() - started:.1f} s; failed: "
-        f"{sum(len(ids) for ids in failed.values())}; left: {report.left}"
+        f"{sum(len(ids) for ids in failed.values())}; restored meanwhile: "
+        f"{len(report.restored)}; left: {report.left}"
     )
     if report.stopped is not None:
         log(

@@ -340,9 +340,17 @@ def test_a_failing_run_does_not_stop_the_ones_after_it(
 ) -> None:
     unreachable = experiment(site, "unreachable", artifact_location="s3://no-such-bucket-xyz/y")
     broken = site.client.create_run(unreachable).info.run_id
+    site.client.delete_run(broken)
     proxied = experiment(site, "after")
     after = [site.deleted_run(proxied, {"f.txt": "x"}, days=31) for _ in range(2)]
-    plan = [maintenance.Item("run", broken), *(maintenance.Item("run", r) for r in after)]
+    # Restored after the plan was made: it stays, as `mlflow gc` never purges a live run.
+    restored = site.deleted_run(proxied, {"f.txt": "x"}, days=31)
+    site.client.restore_run(restored)
+    plan = [
+        maintenance.Item("run", broken),
+        maintenance.Item("run", restored),
+        *(maintenance.Item("run", r) for r in after),
+    ]
     remover = maintenance.ArtifactRemover(site.env["S3_URI"])
     with store_of(site, monkeypatch) as (store, connection):
         report = maintenance.collect_garbage(
@@ -353,9 +361,13 @@ def test_a_failing_run_does_not_stop_the_ones_after_it(
             lock_each=lambda: maintenance.no_schema_upgrade(connection, "test"),
         )
     assert report.failed["run"] == [broken]
+    assert report.restored == [restored]
     assert report.removed["run"] == after
     assert report.files == 2
     assert site.exists("runs", broken)
+    assert site.exists("runs", restored)
+    assert site.keys(proxied, restored)
+    site.client.restore_run(broken)  # out of the way of the other tests
     assert not any(site.exists("runs", run_id) for run_id in after)
 
 
