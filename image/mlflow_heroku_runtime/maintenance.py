@@ -300,6 +300,10 @@ def open_store(config: Config) -> Any:
     """MLflow's SQL tracking store, one connection at a time (NullPool): the web dynos' pools
     and this must fit the Postgres plan's connection limit."""
     os.environ["MLFLOW_SQLALCHEMYSTORE_POOLCLASS"] = "NullPool"
+    # The web dynos' pool sizes are config vars, so this dyno has them too; SQLAlchemy refuses
+    # them beside NullPool.
+    for name in ("MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"):
+        os.environ.pop(name, None)
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     return SqlAlchemyStore(config.database_url, config.artifacts_destination)  # type: ignore[no-untyped-call]

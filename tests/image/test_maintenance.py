@@ -216,6 +216,10 @@ def site(postgres: PostgresCluster, s3: S3Server, nginx_preload: Path) -> Iterat
             s3=s3,
             s3_prefix=f"{prefix}/artifacts",
             MLFLOW_HEROKU_BACKUP_URI=f"s3://{s3.bucket}/{prefix}/backups",
+            # As the program sets them on the app (infra/heroku_app.py): the one-off dyno
+            # gets them too.
+            MLFLOW_SQLALCHEMYSTORE_POOL_SIZE="3",
+            MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW="1",
         )
         with running_stack(env, ready_timeout=90) as stack, pytest.MonkeyPatch.context() as patch:
             patch.setenv("MLFLOW_TRACKING_USERNAME", env["MLFLOW_TRACKING_USERNAME"])
@@ -328,7 +332,10 @@ def test_gc_removes_what_was_deleted_long_ago_with_its_artifacts_and_nothing_els
 @contextlib.contextmanager
 def store_of(site: Site, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Any]]:
     """The maintenance command's store and lock connection, in this process."""
-    monkeypatch.setenv("MLFLOW_SQLALCHEMYSTORE_POOLCLASS", "NullPool")  # restored after
+    # open_store() sets these for its process: restored after the test.
+    monkeypatch.setenv("MLFLOW_SQLALCHEMYSTORE_POOLCLASS", "NullPool")
+    for name in ("MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"):
+        monkeypatch.setenv(name, site.env[name])
     config = maintenance.load_config(site.env)
     with maintenance.database_connection(config) as connection:
         yield maintenance.open_store(config), connection
