@@ -456,6 +456,9 @@ def run_gc(connection: Connection, config: Config, deadline: float) -> GcReport 
     started = time.monotonic()
     with no_schema_upgrade(connection, config.database):
         revision = schema_revision(connection)
+        if revision is None:  # the web dyno creates the schema; this never does
+            log(f"gc: {config.database} has no MLflow schema yet: nothing to purge")
+            return GcReport()
         store = open_store(config)  # checks that the schema is the one this MLflow expects
         older_than_ms = config.gc_after_days * DAY_MS
         plan = plan_gc(store, older_than_ms, int(time.time() * 1000))

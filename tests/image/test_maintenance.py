@@ -146,6 +146,19 @@ def test_an_unreachable_database_is_one_line_without_the_password() -> None:
     assert "secret-pw" not in result.stderr
 
 
+@pytest.mark.integration
+def test_gc_leaves_a_database_without_mlflows_schema_alone(
+    postgres: PostgresCluster, s3: S3Server
+) -> None:
+    with own_database(postgres, "no_schema") as (name, url):
+        environ = {"DATABASE_URL": url, "S3_URI": f"s3://{s3.bucket}/none"}
+        result = run_maintenance(environ, "gc", timeout=120)
+        tables = sql(postgres, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'", name)
+    assert result.returncode == maintenance.DONE, result.stderr
+    assert "has no MLflow schema yet: nothing to purge" in result.stderr
+    assert tables == [(0,)]
+
+
 # --------------------------------------------------------------------------- the site
 
 
