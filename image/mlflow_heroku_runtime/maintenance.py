@@ -15,10 +15,10 @@ server's --artifacts-destination); a run that fails is logged, counted and kept 
 still point at what is left), and the rest go on. A purged experiment also takes its logged
 models' artifacts (the database cascades their rows, which ``mlflow gc`` leaves orphaned).
 
-Runs are exclusive: a session-level PostgreSQL advisory lock of its own, so a second run exits
-at once (status 4). Each purge holds the schema-migration lock (migrate.py) for its duration,
-so no schema upgrade runs meanwhile, and one waits for at most one purge; a schema that changed
-since the start stops the gc. Messages never contain a password or key.
+Maintenance runs exclude each other: a session-level PostgreSQL advisory lock of its own, so a
+second one exits at once (status 4). Each purge holds the schema-migration lock (migrate.py)
+for its duration, so no schema upgrade runs meanwhile, and one waits for at most one purge; a
+schema that changed since the start stops the gc. Messages never contain a password or key.
 Runbook: docs/operations.md, "Clean-up and scheduled backups".
 """
 
@@ -30,7 +30,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -73,8 +73,12 @@ class MaintenanceError(Exception):
     """A failure with a message that names the problem and the fix (never a secret)."""
 
 
-class SchemaChangedError(Exception):
-    """The schema's revision moved while the gc ran: its code may no longer match it."""
+class StopGcError(Exception):
+    """The gc cannot go on safely (the schema moved, the database went away): stop it."""
+
+    def __init__(self, why: str, failed: bool) -> None:
+        super().__init__(why)
+        self.failed = failed  # False: nothing went wrong, the next run goes on
 
 
 _secrets: list[str] = []
@@ -124,8 +128,8 @@ def load_config(environ: Mapping[str, str]) -> Config:
     if not destination:
         raise MaintenanceError("S3_URI is not set: set it to s3://BUCKET/PREFIX, the artifact root")
     parts = urlsplit(destination)
-    if parts.scheme != "s3" or not parts.netloc or not parts.path.strip("/"):
-        raise MaintenanceError("S3_URI must look like s3://BUCKET/PREFIX (the artifact root)")
+    if parts.scheme != "s3" or not parts.netloc:
+        raise MaintenanceError("S3_URI must look like s3://BUCKET[/PREFIX] (the artifact root)")
     try:
         url = to_sqlalchemy_url(environ.get("DATABASE_URL", ""))
     except ValueError as error:
@@ -199,7 +203,7 @@ def schema_revision(connection: Connection) -> str | None:
         revision = connection.execute(
             sqlalchemy.text("SELECT version_num FROM alembic_version")
         ).scalar()
-    except Exception:  # no MLflow schema yet
+    except sqlalchemy.exc.ProgrammingError:  # no such table: no MLflow schema yet
         connection.rollback()
         return None
     connection.commit()
@@ -241,6 +245,7 @@ class GcReport:
     files: int = 0
     bytes: int = 0
     stopped: str | None = None  # why the gc stopped before the end
+    aborted: bool = False  # stopped by a failure (not the time limit or a schema upgrade)
 
 
 @dataclass(frozen=True)
@@ -419,7 +424,7 @@ def collect_garbage(
     for index, item in enumerate(plan):
         if clock() >= deadline:
             report.left = len(plan) - index
-            report.stopped = "the time limit"
+            report.stopped = "at the time limit"
             break
         if item.kind == "experiment" and item.id in broken_experiments:
             log(f"kept experiment {item.id}: some of its runs or logged models failed")
@@ -432,9 +437,10 @@ def collect_garbage(
                     report.restored.append(item.id)
                     continue
                 files, size = purge(store, remover, item)
-        except SchemaChangedError as error:
+        except StopGcError as error:
             report.left = len(plan) - index
             report.stopped = str(error)
+            report.aborted = error.failed
             break
         except Exception as error:
             log(f"failed to remove {item.kind} {item.id}: {reason(error)}; kept for the next run")
@@ -446,6 +452,26 @@ def collect_garbage(
         report.files += files
         report.bytes += size
     return report
+
+
+@contextmanager
+def purge_lock(connection: Connection, where: str, revision: str | None) -> Iterator[None]:
+    """Held around each purge: no schema upgrade meanwhile, still this run's maintenance lock,
+    and the schema the plan was made for (else StopGcError)."""
+    with ExitStack() as held:
+        try:
+            held.enter_context(no_schema_upgrade(connection, where))
+            # SQLAlchemy reconnects a dropped connection silently, without the session's locks:
+            # take ours again (a no-op while held), unless another run has it now.
+            ours = try_maintenance_lock(connection)
+            current = schema_revision(connection)
+        except Exception as error:  # the lock's own connection: nothing can go on
+            raise StopGcError(f"as the database went away ({reason(error)})", True) from None
+        if not ours:
+            raise StopGcError("as another maintenance run took its lock over", True)
+        if current != revision:
+            raise StopGcError("as the database schema was upgraded meanwhile", False)
+        yield
 
 
 def run_gc(connection: Connection, config: Config, deadline: float) -> GcReport | None:
@@ -467,15 +493,10 @@ def run_gc(connection: Connection, config: Config, deadline: float) -> GcReport 
         f"(planned in {time.monotonic() - started:.1f} s)"
     )
 
-    @contextmanager
-    def lock_each() -> Iterator[None]:
-        with no_schema_upgrade(connection, config.database):
-            if schema_revision(connection) != revision:
-                raise SchemaChangedError("the database schema was upgraded meanwhile")
-            yield
-
     remover = ArtifactRemover(config.artifacts_destination)
-    report = collect_garbage(store, remover, plan, deadline, lock_each)
+    report = collect_garbage(
+        store, remover, plan, deadline, lambda: purge_lock(connection, config.database, revision)
+    )
     removed, failed = report.removed, report.failed
     log(
         f"gc removed {len(removed['run'])} run(s), {len(removed['logged model'])} logged "
@@ -486,7 +507,7 @@ def run_gc(connection: Connection, config: Config, deadline: float) -> GcReport 
     )
     if report.stopped is not None:
         log(
-            f"stopped at {report.stopped} with {report.left} item(s) left: the next run goes on "
+            f"stopped {report.stopped} with {report.left} item(s) left: the next run goes on "
             "(or run it again now, with a larger --time-limit)"
         )
     return report
@@ -550,7 +571,7 @@ def main(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> int:
             if args.command in ("gc", "all"):
                 report = run_gc(connection, config, deadline)
                 if report is not None:
-                    if any(report.failed.values()):
+                    if report.aborted or any(report.failed.values()):
                         return FAILED
                     if report.left:
                         return INCOMPLETE

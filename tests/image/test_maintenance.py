@@ -71,7 +71,7 @@ def test_days_have_defaults_ranges_and_an_off_switch_for_the_gc() -> None:
 def test_configuration_errors_name_the_variable_and_never_the_password() -> None:
     cases = [
         ({"DATABASE_URL": URL}, "S3_URI is not set"),
-        ({"DATABASE_URL": URL, "S3_URI": "s3://bucket-only"}, "S3_URI must look like"),
+        ({"DATABASE_URL": URL, "S3_URI": "https://bucket/artifacts"}, "S3_URI must look like"),
         ({"S3_URI": "s3://b/a"}, "DATABASE_URL is empty"),
         ({"S3_URI": "s3://b/a", "DATABASE_URL": "mysql://u:p%40ss@h/d"}, "only PostgreSQL"),
     ]
@@ -408,7 +408,7 @@ def test_the_time_limit_stops_between_runs(site: Site, monkeypatch: pytest.Monke
             clock=lambda: float(next(ticks)),
         )
     assert report.removed["run"] == runs[:2]
-    assert (report.left, report.stopped) == (2, "the time limit")
+    assert (report.left, report.stopped, report.aborted) == (2, "at the time limit", False)
     assert [site.exists("runs", run_id) for run_id in runs] == [False, False, True, True]
     assert [bool(site.keys(proxied, run_id)) for run_id in runs] == [False, False, True, True]
 
@@ -422,6 +422,44 @@ def test_the_time_limit_stops_between_runs(site: Site, monkeypatch: pytest.Monke
     finished = run_maintenance(site.env, "gc")
     assert finished.returncode == maintenance.DONE, finished.stderr
     assert not any(site.exists("runs", run_id) for run_id in runs)
+
+
+@pytest.mark.integration
+def test_a_schema_upgrade_or_a_lost_database_stops_the_gc_before_the_next_purge(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxied = experiment(site, "upgraded")
+    runs = [site.deleted_run(proxied, {"f.txt": "x"}, days=31) for _ in range(2)]
+    plan = [maintenance.Item("run", run_id) for run_id in runs]
+    remover = maintenance.ArtifactRemover(site.env["S3_URI"])
+    with store_of(site, monkeypatch) as (store, connection):
+        planned_for = "a revision before this one"
+        report = maintenance.collect_garbage(
+            store,
+            remover,
+            plan,
+            deadline=time.monotonic() + 60,
+            lock_each=lambda: maintenance.purge_lock(connection, "test", planned_for),
+        )
+        assert report.stopped == "as the database schema was upgraded meanwhile"
+        assert (report.left, report.aborted) == (2, False)
+        # The database drops the lock's connection (a restart, a failover).
+        import sqlalchemy
+
+        backend = connection.execute(sqlalchemy.text("SELECT pg_backend_pid()")).scalar()
+        connection.commit()
+        sql(site.postgres, f"SELECT pg_terminate_backend({int(backend)})")
+        report = maintenance.collect_garbage(
+            store,
+            remover,
+            plan,
+            deadline=time.monotonic() + 60,
+            lock_each=lambda: maintenance.purge_lock(connection, "test", None),
+        )
+        assert str(report.stopped).startswith("as the database went away (")
+        assert (report.left, report.aborted) == (2, True)
+    assert all(site.exists("runs", run_id) for run_id in runs)
+    assert all(site.keys(proxied, run_id) for run_id in runs)
 
 
 @contextlib.contextmanager
