@@ -217,6 +217,9 @@ class HerokuApp(pulumi.ComponentResource):
                 "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": str(settings.db_max_overflow),
                 "MLFLOW_HEROKU_MAX_BODY_SIZE": settings.max_body_size,
                 **plain,
+                # Read by the maintenance command only (a one-off dyno), not by the web dyno.
+                "MLFLOW_HEROKU_BACKUP_RETENTION_DAYS": str(settings.backup_retention_days),
+                "MLFLOW_HEROKU_GC_AFTER_DAYS": str(settings.gc_after_days),
             },
             sensitive_vars={
                 "AWS_ACCESS_KEY_ID": aws_access_key_id,

@@ -46,6 +46,9 @@ DEFAULTS: Final[Mapping[str, str | int | bool | list[str]]] = {
     "adminUsername": "admin",
     "authCacheTtlSeconds": 30,
     "defaultPermission": "READ",
+    # Scheduled maintenance (image/mlflow_heroku_runtime/maintenance.py, docs/operations.md).
+    "backupRetentionDays": 30,
+    "gcAfterDays": 30,
 }
 OPTIONAL_KEYS: Final = ("loginPassword", "bucketName", "kmsKeyArn", "adminPassword", "people")
 REQUIRED_KEYS: Final = ("appName",)
@@ -189,6 +192,9 @@ INTEGER_RANGES: Final[Mapping[str, tuple[int, int]]] = {
     "releaseTimeoutSeconds": (60, MAX_RELEASE_TIMEOUT_SECONDS),
     # 0 turns MLflow's credential cache off: every request hashes the password again.
     "authCacheTtlSeconds": (0, MAX_AUTH_CACHE_TTL_SECONDS),
+    # Scheduled maintenance: the newest backup always stays; gcAfterDays 0 turns the gc off.
+    "backupRetentionDays": (1, 3650),
+    "gcAfterDays": (0, 3650),
 }
 
 
@@ -229,6 +235,9 @@ class Settings:
     protect_data: bool
     custom_domains: tuple[str, ...]
     release_timeout_seconds: int
+    # Scheduled maintenance.
+    backup_retention_days: int
+    gc_after_days: int  # 0: off
     aws_region: str
     heroku_api_key: pulumi.Output[str]  # secret
     # -- login modes and team accounts (the accounts fields are defaults in shared mode) --
@@ -701,6 +710,9 @@ def load(
     protect_data = reader.boolean("protectData")
     custom_domains = _read_domains(reader)
     release_timeout = reader.integer("releaseTimeoutSeconds")
+    # Scheduled maintenance.
+    backup_retention_days = reader.integer("backupRetentionDays")
+    gc_after_days = reader.integer("gcAfterDays")
 
     aws_region = get("aws:region") or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
     if not aws_region:
@@ -783,6 +795,8 @@ def load(
         protect_data=protect_data,
         custom_domains=custom_domains,
         release_timeout_seconds=release_timeout,
+        backup_retention_days=backup_retention_days,
+        gc_after_days=gc_after_days,
         aws_region=aws_region,
         heroku_api_key=pulumi.Output.secret(api_key),
         login_mode=login_mode,

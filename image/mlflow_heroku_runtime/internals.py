@@ -167,6 +167,109 @@ def _check_upgrade_command() -> None:
     )
 
 
+# What `mlflow gc` (mlflow.cli._gc_tracking_resources) asks of the tracking store, by name: the
+# maintenance command takes the same steps one run at a time (maintenance.py says why).
+GC_STORE_CALLS = frozenset(
+    {
+        "_get_deleted_runs",
+        "_get_deleted_logged_models",
+        "get_experiment",
+        "search_experiments",
+        "search_runs",
+        "get_run",
+        "get_logged_model",
+        "_hard_delete_run",
+        "_hard_delete_logged_model",
+        "_hard_delete_experiment",
+    }
+)
+
+
+def deleted_run_ids(store: Any, older_than_ms: int) -> list[str]:
+    """The runs in the ``deleted`` lifecycle stage whose deletion is older than the limit."""
+    return list(store._get_deleted_runs(older_than=older_than_ms))
+
+
+def deleted_logged_model_ids(store: Any, older_than_ms: int) -> list[str]:
+    """The logged models in the ``deleted`` lifecycle stage last updated before the limit."""
+    return list(store._get_deleted_logged_models(older_than=older_than_ms))
+
+
+def hard_delete_run(store: Any, run_id: str) -> None:
+    """Remove a deleted run's rows (metrics, params, tags, inputs) for good."""
+    store._hard_delete_run(run_id)
+
+
+def hard_delete_logged_model(store: Any, model_id: str) -> None:
+    """Remove a logged model's rows for good."""
+    store._hard_delete_logged_model(model_id)
+
+
+def hard_delete_experiment(store: Any, experiment_id: str) -> None:
+    """Remove a deleted experiment's rows for good (the database cascades its traces, logged
+    models and remaining runs)."""
+    store._hard_delete_experiment(experiment_id)
+
+
+@internal(
+    "mlflow",
+    "SqlAlchemyStore._get_deleted_runs, _get_deleted_logged_models, _hard_delete_run, "
+    "_hard_delete_logged_model, _hard_delete_experiment (the steps of `mlflow gc`)",
+    "MLflow purges deleted runs, logged models and experiments only through these store "
+    "methods, which its `mlflow gc` command calls; the command itself stops at the first run "
+    "whose artifacts it cannot delete and cannot resolve proxied artifacts without a server",
+)
+def _check_gc_store_methods() -> None:
+    import re
+
+    from mlflow import cli
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    expected = {
+        "_get_deleted_runs": ["self", "older_than"],
+        "_get_deleted_logged_models": ["self", "older_than"],
+        "_hard_delete_run": ["self", "run_id"],
+        "_hard_delete_logged_model": ["self", "model_id"],
+        "_hard_delete_experiment": ["self", "experiment_id"],
+    }
+    for name, parameters in expected.items():
+        signature = inspect.signature(getattr(SqlAlchemyStore, name))
+        assert list(signature.parameters) == parameters, f"{name}{signature}"
+    # If MLflow's own gc starts doing more (or other) steps, the maintenance command must follow.
+    source = inspect.getsource(cli._gc_tracking_resources)
+    called = set(re.findall(r"backend_store\.(\w+)\(", source))
+    assert called == GC_STORE_CALLS, (
+        f"`mlflow gc` now calls {sorted(called - GC_STORE_CALLS)} and no longer "
+        f"{sorted(GC_STORE_CALLS - called)} on the store"
+    )
+    assert "delete_artifacts()" in source, "`mlflow gc` no longer deletes artifacts itself"
+
+
+def proxied_artifact_path(artifact_uri: str) -> str:
+    """Where the server stores a proxied artifact location (``mlflow-artifacts:/1/abc/artifacts``
+    or its http(s) form), as a path under ``--artifacts-destination``."""
+    from mlflow.server import handlers
+
+    path: str = handlers._get_proxied_run_artifact_destination_path(artifact_uri)  # type: ignore[no-untyped-call]
+    return path
+
+
+@internal(
+    "mlflow",
+    "mlflow.server.handlers._get_proxied_run_artifact_destination_path",
+    "only the server's own handlers map an mlflow-artifacts:/ location to its place under "
+    "--artifacts-destination; a client-side `mlflow gc` sends it over HTTP to a running server",
+)
+def _check_proxied_artifact_path() -> None:
+    cases = {
+        "mlflow-artifacts:/1/abc/artifacts": "1/abc/artifacts",
+        "mlflow-artifacts://host:5000/2/models/m-1/artifacts": "2/models/m-1/artifacts",
+        "https://h/api/2.0/mlflow-artifacts/artifacts/3/r/artifacts": "3/r/artifacts",
+    }
+    for uri, path in cases.items():
+        assert proxied_artifact_path(uri) == path, f"{uri} -> {proxied_artifact_path(uri)}"
+
+
 # The variables `mlflow server` (mlflow/server/__init__.py, _run_server) sets for the app it
 # launches. The runtime launches MLflow's app without the CLI (its resident process costs
 # memory and start time), so it sets them itself; names only, so the supervisor stays light.

@@ -88,7 +88,14 @@ def step_named(job: dict[str, Any], prefix: str) -> dict[str, Any]:
 
 def test_the_expected_workflows_exist() -> None:
     names = {path.name for path in WORKFLOWS}
-    assert {"pull-request.yml", "deploy.yml", "destroy.yml", "image.yml", "tests.yml"} <= names
+    assert {
+        "pull-request.yml",
+        "deploy.yml",
+        "destroy.yml",
+        "image.yml",
+        "tests.yml",
+        "maintenance.yml",
+    } <= names
     assert STACKS == ["dev", "prod"]
 
 
@@ -505,6 +512,198 @@ def test_the_scale_down_step_reports_heroku_errors(
         assert heroku.formation_quantity[(KEPT_APP, "web")] == 1
     else:
         assert said in summary
+
+
+# --------------------------------------------------------------------------- maintenance
+
+
+MAINTENANCE = workflow("maintenance.yml")
+HEROKU_CLI = GITHUB_DIR / "heroku-cli"
+
+
+def test_maintenance_runs_daily_and_by_hand_with_the_commands_choices() -> None:
+    from mlflow_heroku_runtime import maintenance
+
+    schedule = MAINTENANCE["on"]["schedule"]
+    assert len(schedule) == 1
+    minute, hour, *every_day = schedule[0]["cron"].split()
+    assert every_day == ["*", "*", "*"]
+    assert 0 < int(minute) < 60  # off the full hour, when GitHub delays jobs
+    assert 0 <= int(hour) < 24
+    inputs = MAINTENANCE["on"]["workflow_dispatch"]["inputs"]
+    assert sorted(inputs["stack"]["options"]) == STACKS
+    assert inputs["command"]["options"] == list(maintenance.COMMANDS)
+    for command in maintenance.COMMANDS:
+        assert maintenance.argument_parser().parse_args([command]).command == command
+    assert inputs["command"]["default"] == "all"
+
+
+def test_maintenance_holds_the_stacks_group_and_outlasts_the_commands_time_limit() -> None:
+    from mlflow_heroku_runtime import maintenance
+
+    job = MAINTENANCE["jobs"]["maintain"]
+    assert job["needs"] == "plan"
+    assert job["strategy"]["matrix"]["stack"] == "${{ fromJSON(needs.plan.outputs.stacks) }}"
+    # Shared with `pulumi up` of the same stack (test_every_pulumi_job_holds_...).
+    assert job["concurrency"] == {
+        "group": "pulumi-${{ matrix.stack }}",
+        "cancel-in-progress": False,
+        "queue": "max",
+    }
+    # The secret comes from an environment without reviewers: prod's would stop a daily job.
+    assert job["environment"]["name"] == "${{ matrix.stack }}-maintenance"
+    assert job["permissions"] == {"contents": "read"}
+    time_limit = int(job["env"]["TIME_LIMIT"])
+    assert time_limit == maintenance.DEFAULT_TIME_LIMIT_SECONDS
+    # Room for the CLI install, the dyno's start and the backup besides the gc's limit.
+    assert job["timeout-minutes"] * 60 >= time_limit + 15 * 60
+    run = step_named(job, "Run the maintenance command")
+    assert run["env"]["HEROKU_API_KEY"] == "${{ secrets.HEROKU_API_KEY }}"
+    assert "HEROKU_API_KEY" not in str(job.get("env", {}))  # only the step that needs it
+
+
+@pytest.mark.parametrize(
+    ("event", "stack", "maintain_dev", "stacks"),
+    [
+        ("schedule", "", "", ["prod"]),
+        ("schedule", "", "false", ["prod"]),
+        ("schedule", "", "true", ["prod", "dev"]),
+        ("workflow_dispatch", "dev", "", ["dev"]),
+        ("workflow_dispatch", "prod", "true", ["prod"]),
+        ("workflow_dispatch", "staging", "", None),
+        ("workflow_dispatch", "::add-mask::typed", "", None),
+    ],
+)
+def test_maintenance_chooses_its_stacks(
+    tmp_path: Path, event: str, stack: str, maintain_dev: str, stacks: list[str] | None
+) -> None:
+    outputs = tmp_path / "outputs"
+    outputs.touch()
+    script = step_named(MAINTENANCE["jobs"]["plan"], "Choose the stacks")["run"]
+    env = {"EVENT": event, "STACK": stack, "MAINTAIN_DEV": maintain_dev}
+    result = run_step_script(script, {**env, "GITHUB_OUTPUT": str(outputs)})
+    if stacks is None:
+        assert result.returncode == 1
+        assert "::error title=Unknown stack::" in result.stdout
+        assert "typed" not in result.stdout + result.stderr
+        return
+    assert result.returncode == 0, result.stderr
+    (line,) = outputs.read_text().splitlines()
+    assert json.loads(line.removeprefix("stacks=")) == stacks
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_maintenance_reads_the_app_name_the_program_gives_the_app(
+    tmp_path: Path, stack: str
+) -> None:
+    from infra.settings import check_app_name
+
+    outputs = tmp_path / "outputs"
+    outputs.touch()
+    script = step_named(MAINTENANCE["jobs"]["maintain"], "Read the app name")["run"]
+    result = run_step_script(
+        f'cd "{REPO_ROOT}"\n{script}', {"STACK": stack, "GITHUB_OUTPUT": str(outputs)}
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    app_name = load(REPO_ROOT / f"Pulumi.{stack}.yaml")["config"]["mlflow-heroku:appName"]
+    assert check_app_name(app_name) is None
+    assert outputs.read_text() == f"app={app_name}\n"
+
+
+def test_maintenance_refuses_a_stack_file_without_a_plain_app_name(tmp_path: Path) -> None:
+    script = step_named(MAINTENANCE["jobs"]["maintain"], "Read the app name")["run"]
+    for content in ('  mlflow-heroku:appName: "quoted-name"\n', "  mlflow-heroku:region: eu\n"):
+        (tmp_path / "Pulumi.prod.yaml").write_text(f"config:\n{content}")
+        outputs = tmp_path / "outputs"
+        outputs.write_text("")
+        result = run_step_script(
+            f'cd "{tmp_path}"\n{script}', {"STACK": "prod", "GITHUB_OUTPUT": str(outputs)}
+        )
+        assert result.returncode == 1
+        assert "::error title=No app name::" in result.stdout
+        assert outputs.read_text() == ""
+
+
+@pytest.mark.parametrize(
+    ("status", "passes", "said"),
+    [
+        (0, True, "maintenance all: done"),
+        (3, True, "stopped at the time limit"),
+        (4, True, "another maintenance run was under way"),
+        (1, False, "failed (exit 1"),
+        (2, False, "bad settings"),
+        (137, False, "failed (exit 137"),
+    ],
+)
+def test_maintenance_runs_the_command_in_a_one_off_dyno_and_reads_its_exit_code(
+    tmp_path: Path, status: int, passes: bool, said: str
+) -> None:
+    """A stand-in `heroku` records how it is called and exits as the dyno's command would."""
+    from mlflow_heroku_runtime import maintenance
+
+    api_key = "heroku-api-key-of-the-environment"
+    calls = tmp_path / "calls"
+    fake = tmp_path / "heroku"
+    fake.write_text(
+        f'#!/bin/sh\n[ "$HEROKU_API_KEY" = "{api_key}" ] || exit 99\n'
+        f'printf "%s\\n" "$@" > "{calls}"\nexit {status}\n'
+    )
+    fake.chmod(0o755)
+    summary = tmp_path / "summary.md"
+    job = MAINTENANCE["jobs"]["maintain"]
+    script = step_named(job, "Run the maintenance command")["run"]
+    env = {
+        "STACK": "prod",
+        "COMMAND": "all",
+        "TIME_LIMIT": job["env"]["TIME_LIMIT"],
+        "APP": "mlflow-heroku-prod",
+        "HEROKU_API_KEY": api_key,
+        "GITHUB_STEP_SUMMARY": str(summary),
+        "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}",
+    }
+    result = run_step_script(script, env)
+    output = result.stdout + result.stderr
+    assert (result.returncode == 0) is passes, output
+    assert said in summary.read_text()
+    assert api_key not in output
+    argv = calls.read_text().splitlines()
+    assert argv[:6] == ["run", "--exit-code", "--no-tty", "--app", "mlflow-heroku-prod", "--"]
+    assert argv[6:] == [
+        "python",
+        "-m",
+        "mlflow_heroku_runtime.maintenance",
+        "all",
+        "--time-limit",
+        str(maintenance.DEFAULT_TIME_LIMIT_SECONDS),
+    ]
+    # What the dyno runs is a command the image has, with arguments it accepts.
+    assert maintenance.argument_parser().parse_args(argv[9:]).command == "all"
+    if status in (3, 4):
+        assert "::warning title=prod: maintenance" in result.stdout
+
+
+def test_the_heroku_cli_is_installed_from_a_lock_with_every_package_hashed() -> None:
+    install = step_named(MAINTENANCE["jobs"]["maintain"], "Install the Heroku CLI")["run"]
+    assert "npm ci --prefix .github/heroku-cli --ignore-scripts " in install
+    manifest = json.loads((HEROKU_CLI / "package.json").read_text())
+    (version,) = manifest["dependencies"].values()
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version), "pin an exact version"
+    lock = json.loads((HEROKU_CLI / "package-lock.json").read_text())
+    assert lock["lockfileVersion"] == 3
+    packages = {path: entry for path, entry in lock["packages"].items() if path}
+    assert packages["node_modules/heroku"]["version"] == version
+    # A bundled package comes inside its parent's tarball, which the parent's hash covers.
+    unhashed = [
+        path
+        for path, entry in packages.items()
+        if not entry.get("inBundle") and not str(entry.get("integrity")).startswith("sha512-")
+    ]
+    assert unhashed == []
+    # Dependabot keeps it current, as it does the actions.
+    updates = load(GITHUB_DIR / "dependabot.yml")["updates"]
+    assert {"package-ecosystem": "npm", "directory": "/.github/heroku-cli"}.items() <= next(
+        update for update in updates if update["package-ecosystem"] == "npm"
+    ).items()
 
 
 # --------------------------------------------------------------------------- documentation

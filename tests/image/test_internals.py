@@ -80,6 +80,21 @@ def _break_uvicorn_log_config(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(internals, "mlflow_uvicorn_log_config", moved)
 
 
+def _break_gc_store_methods(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As if MLflow's gc started purging one more kind of thing through the store.
+    monkeypatch.setattr(
+        internals, "GC_STORE_CALLS", internals.GC_STORE_CALLS - {"_hard_delete_experiment"}
+    )
+
+
+def _break_proxied_artifact_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.server import handlers
+
+    monkeypatch.setattr(
+        handlers, "_get_proxied_run_artifact_destination_path", lambda uri, path=None: uri
+    )
+
+
 # How an upgrade could break each entry. Every registered entry needs one (see the test below):
 # a check that cannot fail proves nothing.
 BREAKERS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
@@ -97,6 +112,13 @@ BREAKERS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "gunicorn.workers.base.Worker.sockets, gunicorn.sock.BaseSocket.sock": _break_worker_sockets,
     "uvicorn_worker.UvicornWorker.CONFIG_KWARGS": _break_uvicorn_worker,
     "mlflow/server/uvicorn_log_config.yaml": _break_uvicorn_log_config,
+    "SqlAlchemyStore._get_deleted_runs, _get_deleted_logged_models, _hard_delete_run, "
+    "_hard_delete_logged_model, _hard_delete_experiment (the steps of `mlflow gc`)": (
+        _break_gc_store_methods
+    ),
+    "mlflow.server.handlers._get_proxied_run_artifact_destination_path": (
+        _break_proxied_artifact_path
+    ),
     "the _MLFLOW_SERVER_* environment `mlflow server` gives its app "
     "(mlflow.server._run_server)": lambda patch: patch.setitem(
         internals.SERVER_ENVIRONMENT_NAMES, "SERVE_ARTIFACTS_ENV_VAR", "_MLFLOW_SERVE_ARTIFACTS"

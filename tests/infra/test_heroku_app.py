@@ -17,6 +17,7 @@ from types import ModuleType
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mlflow_heroku_runtime import maintenance
 from mlflow_heroku_runtime import settings as image_settings
 from mlflow_heroku_runtime.errors import ConfigError
 from mlflow_heroku_runtime.htpasswd import BCRYPT_MAX_PASSWORD_BYTES
@@ -143,6 +144,13 @@ def assert_image_runs_the_stack(stack: Settings, program: ProgramRun) -> None:
         host, stack.custom_domains
     )
     assert image.mlflow_env["AWS_DEFAULT_REGION"] == stack.aws_region
+    # The one-off maintenance dyno reads its own settings from the same config vars.
+    upkeep = maintenance.load_config(environ)
+    assert upkeep.artifacts_destination == image.artifacts_destination
+    assert (upkeep.retention_days, upkeep.gc_after_days) == (
+        stack.backup_retention_days,
+        stack.gc_after_days,
+    )
 
 
 # -- the program's settings at their edges: the image accepts every one --------------------------
@@ -237,6 +245,11 @@ ALLOWED = {
     "multibyte password at bcrypt's limit": ("dev", {"loginPassword": "é" * 36}),
     "four-byte characters in the password": ("dev", {"loginPassword": "\U0001f600" * 18}),
     "other AWS regions": ("prod", {"aws:region": "ap-southeast-2"}),
+    "maintenance at its edges": ("dev", {"backupRetentionDays": "1", "gcAfterDays": "0"}),
+    "maintenance at its other edges": (
+        "prod",
+        {"backupRetentionDays": "3650", "gcAfterDays": "3650"},
+    ),
     "an isolated AWS region": ("prod", {"aws:region": "us-isob-east-1"}),
 }
 
@@ -449,8 +462,14 @@ def test_every_config_var_the_program_sets_is_one_the_image_checks(
     dev_environment: dict[str, str],
 ) -> None:
     """A var the image never reads (a typo, a renamed variable) would be set for nothing: each
-    one the program sets, emptied, makes the image refuse to start, naming it."""
+    one the program sets, emptied, makes the image refuse to start (or the maintenance command
+    refuse to run, for its own variables), naming it."""
+    assert set(maintenance.VARIABLES) <= set(dev_environment)
     for var in sorted(set(dev_environment) - set(HEROKU_DYNO_VARS) - IMAGE_PENDING_VARS):
+        if var in maintenance.VARIABLES:
+            with pytest.raises(maintenance.MaintenanceError, match=f"^{var}="):
+                maintenance.load_config({**dev_environment, var: ""})
+            continue
         with pytest.raises(ConfigError) as refused:
             image_settings.load_settings({**dev_environment, var: ""})
         assert any(var in problem for problem in refused.value.problems), var
@@ -475,6 +494,38 @@ def test_the_vars_awaiting_the_image_are_exactly_the_ones_it_does_not_read_yet(
                     "name from mlflow_heroku_runtime in infra/heroku_app.py"
                 )
             raise
+
+
+# (stack key, the maintenance command's variable): the program's range is the command's.
+MAINTENANCE_KEYS = {
+    "backupRetentionDays": maintenance.RETENTION_DAYS_VARIABLE,
+    "gcAfterDays": maintenance.GC_AFTER_DAYS_VARIABLE,
+}
+
+
+@pytest.mark.parametrize("key", sorted(MAINTENANCE_KEYS))
+def test_maintenance_settings_have_the_commands_names_defaults_and_ranges(
+    program_module: ModuleType, dev_environment: dict[str, str], key: str
+) -> None:
+    var = MAINTENANCE_KEYS[key]
+    assert str(stack_settings.DEFAULTS[key]) == dev_environment[var]
+    assert stack_settings.DEFAULTS[key] == maintenance.DEFAULTS[var]
+    assert stack_settings.INTEGER_RANGES[key] == maintenance.RANGES[var]
+    low, high = maintenance.RANGES[var]
+    for value in (low - 1, high + 1):
+        with pytest.raises(maintenance.MaintenanceError, match=f"^{var}='?{value}'? "):
+            maintenance.load_config({**dev_environment, var: str(value)})
+        monitor = RecordingMonitor(HerokuAwsMocks(preview=True))
+        with pytest.raises(SettingsError) as raised:
+            run_program(
+                "dev",
+                stack_config("dev", {key: str(value)}),
+                preview=True,
+                program=program_module.main,
+                monitor=monitor,
+            )
+        assert f"  - {PROJECT}:{key}: " in str(raised.value)
+        assert monitor.registrations == []
 
 
 # -- each shared limit: one constant per side, and the two agree --------------------------------

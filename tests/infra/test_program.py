@@ -189,6 +189,8 @@ def test_config_vars_come_from_the_real_host_name_and_the_other_resources(dev: P
         "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "3",
         "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "1",
         "MLFLOW_HEROKU_MAX_BODY_SIZE": "5g",
+        "MLFLOW_HEROKU_BACKUP_RETENTION_DAYS": "30",
+        "MLFLOW_HEROKU_GC_AFTER_DAYS": "30",
     }
     sensitive = config_vars.inputs["sensitiveVars"]
     assert is_secret(sensitive)

@@ -78,6 +78,8 @@ def test_minimal_config_gets_every_default() -> None:
     assert loaded.people == ()
     assert loaded.auth_cache_ttl_seconds == DEFAULTS["authCacheTtlSeconds"] == 30
     assert loaded.default_permission == DEFAULTS["defaultPermission"] == "READ"
+    assert loaded.backup_retention_days == DEFAULTS["backupRetentionDays"]
+    assert loaded.gc_after_days == DEFAULTS["gcAfterDays"]
 
 
 def test_values_are_parsed() -> None:
@@ -91,8 +93,11 @@ def test_values_are_parsed() -> None:
             "customDomains": '["mlflow.example.com", "ml.example.org"]',
             "bucketName": "acme-artifacts",
             "kmsKeyArn": "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-12345678",
+            "backupRetentionDays": "3650",
+            "gcAfterDays": "0",
         }
     )
+    assert (loaded.backup_retention_days, loaded.gc_after_days) == (3650, 0)  # 0: gc off
     assert (loaded.dyno_size, loaded.dyno_count, loaded.mlflow_workers) == ("standard-2x", 3, 2)
     assert loaded.bucket_versioning is True
     assert loaded.custom_domains == ("mlflow.example.com", "ml.example.org")
@@ -170,6 +175,10 @@ BAD_VALUES = [
     ("customDomains", '["a.example.com", "a.example.com"]', "lists a host name twice"),
     ("releaseTimeoutSeconds", "5", "5 is out of range; allowed: 60 to 1800"),
     ("releaseTimeoutSeconds", "3600", "3600 is out of range; allowed: 60 to 1800"),
+    ("backupRetentionDays", "0", "backupRetentionDays: 0 is out of range; allowed: 1 to 3650"),
+    ("backupRetentionDays", "3651", "3651 is out of range; allowed: 1 to 3650"),
+    ("gcAfterDays", "-1", "mlflow-heroku:gcAfterDays: -1 is out of range; allowed: 0 to 3650"),
+    ("gcAfterDays", "30d", "'30d' is not a whole number; allowed: 0 to 3650"),
     ("aws:region", None, "aws:region: is required"),
     ("aws:region", "europe", "aws:region: 'europe' is not an AWS region name"),
     ("heroku:apiKey", None, "heroku:apiKey: is required"),
