@@ -167,6 +167,34 @@ def _check_upgrade_command() -> None:
     )
 
 
+def mlflow_migrations_directory() -> Path:
+    """The Alembic script directory of the installed MLflow's tracking schema: what
+    `mlflow db upgrade` runs, and where its newest revision is read from."""
+    spec = importlib.util.find_spec("mlflow")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("MLflow is not installed: pip install mlflow")
+    return Path(spec.origin).parent / "store" / "db_migrations"
+
+
+@internal(
+    "mlflow",
+    "mlflow/store/db_migrations (the Alembic scripts `mlflow db upgrade` runs)",
+    "no public MLflow function names its schema's newest revision; the release phase compares "
+    "it with the database's before it migrates",
+)
+def _check_mlflow_migrations_directory() -> None:
+    from alembic.script import ScriptDirectory
+    from mlflow.store.db import utils
+
+    directory = mlflow_migrations_directory()
+    config = utils._get_alembic_config("")  # type: ignore[no-untyped-call]
+    used = config.get_main_option("script_location")
+    assert used is not None, "MLflow's Alembic config names no script_location"
+    assert Path(used).resolve() == directory.resolve(), f"`mlflow db upgrade` now runs {used}"
+    heads = ScriptDirectory(str(directory)).get_heads()
+    assert len(heads) == 1, f"MLflow's migrations have {len(heads)} heads: {heads}"
+
+
 # The variables `mlflow server` (mlflow/server/__init__.py, _run_server) sets for the app it
 # launches. The runtime launches MLflow's app without the CLI (its resident process costs
 # memory and start time), so it sets them itself; names only, so the supervisor stays light.
