@@ -200,6 +200,8 @@ def upgrade(
     now: datetime.datetime,
 ) -> int:
     """Stop the writers, back up, migrate once, resume the writers (module docstring)."""
+    import mlflow.db  # noqa: F401  (imported before the pause, which then holds only the work)
+
     key = None
     try:
         with writers_stopped(control, where):
