@@ -203,16 +203,20 @@ def upgrade(
     import mlflow.db  # noqa: F401  (imported before the pause, which then holds only the work)
 
     key = None
+    migrated = False
     try:
         with writers_stopped(control, where):
             key = backup.create(environ, backup_label(state), now)
             log(f"migrating {where} from revision {state.revision} to {state.head}")
             started = time.monotonic()
             migrate.migrate_schemas(url.render_as_string(hide_password=False))
+            migrated = True
             log(f"schema at revision {state.head} ({time.monotonic() - started:.1f} s)")
     except Exception as error:
         reason = str(error) if isinstance(error, backup.BackupError) else migrate.reason_of(error)
-        if key is None:
+        if migrated:  # only making the database writable again failed (logged above)
+            log(f"FAILED after migrating to {state.head}: {reason}")
+        elif key is None:
             log(
                 f"FAILED before migrating: {reason}. Nothing was migrated; the current release "
                 "keeps serving. Fix it and release again"

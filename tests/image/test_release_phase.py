@@ -293,6 +293,52 @@ def test_a_failed_migration_leaves_schema_and_data_as_they_were(
         assert database_settings(postgres, name) == []
 
 
+def test_a_failed_backup_migrates_nothing_and_leaves_the_database_writable(
+    postgres: PostgresCluster, s3: S3Server, owner: Role
+) -> None:
+    older = older_head_revision()
+    with older_database(postgres, "nobackup", owner) as (name, url):
+        env = {
+            **release_env(url, s3, "unused"),
+            "MLFLOW_HEROKU_BACKUP_URI": f"s3://no-such-bucket-{time.time_ns()}/backups",
+        }
+        with writer(postgres, owner, name) as old_release:
+            process = start_release_phase(env)
+            lines, pump = read_lines(process)
+            code = finish(process, pump)
+            exited = time.monotonic()
+            deadline = exited + 10
+            while "ok" not in old_release.after(exited) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert "ok" in old_release.after(exited), old_release.outcomes[-20:]
+        assert code == 1, lines.text
+        assert "FAILED before migrating: " in lines.text
+        assert "NoSuchBucket" in lines.text
+        assert "release phase: migrating" not in lines.text
+        assert "writes resumed" in lines.text
+        assert schema_revision(postgres, name) == older
+        assert database_settings(postgres, name) == []
+
+
+def test_a_database_left_read_only_by_a_stopped_release_phase_is_reset(
+    postgres: PostgresCluster, s3: S3Server, owner: Role
+) -> None:
+    """A release phase killed mid-way (its hour was up) cannot reset what it set: the next
+    one does, whatever it finds."""
+    from mlflow_heroku_runtime import release_phase
+
+    with own_database(postgres, "leftover", owner=owner) as (name, url):
+        env = release_env(url, s3, f"leftover-{time.time_ns()}")
+        assert run_release_phase(env).returncode == 0
+        with connect_as(postgres, owner, name) as control:
+            control.execute(release_phase.SET_READ_ONLY)
+        assert database_settings(postgres, name) == [READ_ONLY_SETTING]
+        released = run_release_phase(env)
+        assert released.returncode == 0, released.stderr
+        assert "was left read-only by a release phase that was stopped: reset" in released.stderr
+        assert database_settings(postgres, name) == []
+
+
 def test_a_database_newer_than_the_image_fails_the_release_with_what_to_do(
     postgres: PostgresCluster, s3: S3Server, owner: Role
 ) -> None:
