@@ -17,6 +17,11 @@ The filter removes only what could leak (docs/image.md, "error_filter.py"):
 Status code, headers, ``error_code`` and every other field are kept; a body with nothing to
 remove passes unchanged. Only error responses are buffered (they are small). Each removal is
 logged with the driver error's class, never the text.
+
+One refusal is answered differently: a write the database refused because it is read-only
+(SQLSTATE 25006, ``ReadOnlySqlTransaction``) happens while a release phase upgrades the schema
+(release_phase.py) and passes by itself, so it gets ``503`` with ``Retry-After`` and a message
+saying so, instead of MLflow's 400: MLflow's client retries a 503 (mlflow/utils/request_utils.py).
 """
 
 from __future__ import annotations
@@ -92,6 +97,15 @@ CONNECTION_DETAILS = (
     (re.compile(rf"\bpassword=(?:'[^']*'|{WORD_TAIL})"), "password=" + REDACTED),
 )
 PATH_CHARACTERS = r"[^\s'\"<>,;()\[\]{}]*"
+# PostgreSQL's read_only_sql_transaction (25006), as psycopg names it.
+READ_ONLY_ERROR = "ReadOnlySqlTransaction"
+# MLflow's client honours Retry-After between its 7 retries (urllib3's Retry), so this sets how
+# long it keeps trying: 7 x 30 s, about the backoff it would use without the header.
+READ_ONLY_RETRY_AFTER_SECONDS = 30
+READ_ONLY_MESSAGE = (
+    "The tracking server's database is read-only while a release upgrades its schema: writes "
+    "resume when the upgrade is done (usually seconds). Retry shortly; reads work meanwhile."
+)
 
 
 @dataclass
@@ -328,18 +342,41 @@ class ScrubDatabaseErrors:
                 scrubbed = scrub_body(self.scrubber, body)
                 if scrubbed is not None:
                     body, found = scrubbed
-                    _log_removal(scope, found)
+                    extra: list[tuple[bytes, bytes]] = []
+                    if refused_as_read_only(found):
+                        held_start, body, extra = read_only_answer(held_start)
+                        _log_read_only(scope)
+                    else:
+                        _log_removal(scope, found)
+                    replaced = {b"content-length", *(name for name, _value in extra)}
                     headers = [
                         (name, value)
                         for name, value in held_start.get("headers", [])
-                        if name.lower() != b"content-length"
+                        if name.lower() not in replaced
                     ]
-                    headers.append((b"content-length", str(len(body)).encode()))
+                    headers += [*extra, (b"content-length", str(len(body)).encode())]
                     held_start = {**held_start, "headers": headers}
             await send(held_start)
             await send({"type": "http.response.body", "body": body, "more_body": False})
 
         await self.app(scope, receive, filtered_send)
+
+
+def refused_as_read_only(found: Scrubbed) -> bool:
+    """The database refused a write because it is read-only (a driver error of that class)."""
+    return any(name.rsplit(".", 1)[-1] == READ_ONLY_ERROR for name in found.driver_errors)
+
+
+def read_only_answer(start: Message) -> tuple[Message, bytes, list[tuple[bytes, bytes]]]:
+    """(start, body, headers to add) of the 503 that replaces a read-only refusal."""
+    body = json.dumps(
+        {"error_code": "TEMPORARILY_UNAVAILABLE", "message": READ_ONLY_MESSAGE}
+    ).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"retry-after", str(READ_ONLY_RETRY_AFTER_SECONDS).encode()),
+    ]
+    return {**start, "status": 503}, body, headers
 
 
 def _is_encoded(start: Message) -> bool:
@@ -348,6 +385,15 @@ def _is_encoded(start: Message) -> bool:
         if name.lower() == b"content-encoding" and value.strip().lower() != b"identity":
             return True
     return False
+
+
+def _log_read_only(scope: Scope) -> None:
+    print(
+        f"mlflow: the read-only database refused {scope.get('method', '?')} "
+        f"{scope.get('path', '?')} (a release phase is upgrading the schema): answered 503",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _log_removal(scope: Scope, found: Scrubbed) -> None:

@@ -211,6 +211,15 @@ def hard_delete_experiment(store: Any, experiment_id: str) -> None:
     store._hard_delete_experiment(experiment_id)
 
 
+def mlflow_migrations_directory() -> Path:
+    """The Alembic script directory of the installed MLflow's tracking schema: what
+    `mlflow db upgrade` runs, and where its newest revision is read from."""
+    spec = importlib.util.find_spec("mlflow")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("MLflow is not installed: pip install mlflow")
+    return Path(spec.origin).parent / "store" / "db_migrations"
+
+
 @internal(
     "mlflow",
     "SqlAlchemyStore._get_deleted_runs, _get_deleted_logged_models, _hard_delete_run, "
@@ -268,6 +277,25 @@ def _check_proxied_artifact_path() -> None:
     }
     for uri, path in cases.items():
         assert proxied_artifact_path(uri) == path, f"{uri} -> {proxied_artifact_path(uri)}"
+
+
+@internal(
+    "mlflow",
+    "mlflow/store/db_migrations (the Alembic scripts `mlflow db upgrade` runs)",
+    "no public MLflow function names its schema's newest revision; the release phase compares "
+    "it with the database's before it migrates",
+)
+def _check_mlflow_migrations_directory() -> None:
+    from alembic.script import ScriptDirectory
+    from mlflow.store.db import utils
+
+    directory = mlflow_migrations_directory()
+    config = utils._get_alembic_config("")  # type: ignore[no-untyped-call]
+    used = config.get_main_option("script_location")
+    assert used is not None, "MLflow's Alembic config names no script_location"
+    assert Path(used).resolve() == directory.resolve(), f"`mlflow db upgrade` now runs {used}"
+    heads = ScriptDirectory(str(directory)).get_heads()
+    assert len(heads) == 1, f"MLflow's migrations have {len(heads)} heads: {heads}"
 
 
 # The variables `mlflow server` (mlflow/server/__init__.py, _run_server) sets for the app it

@@ -3,10 +3,12 @@
 Run as ``python -m mlflow_heroku_runtime.migrate`` by the supervisor with the backend URL in
 ``_MLFLOW_SERVER_FILE_STORE`` (the variable MLflow's server reads too) and the wait budget in
 ``MLFLOW_HEROKU_DB_WAIT_SECONDS``. Exit 0 when migrated, 3 when the database stayed
-unreachable, 4 when the migration failed. On PostgreSQL the upgrade runs under an advisory
-lock, so of every process booting on one database exactly one migrates and the others wait,
-then find the schema current. Messages never contain the URL; the supervisor removes any
-password from this output as from every child's.
+unreachable, 4 when the migration failed or the schema is newer than this image's, 5 when a
+web dyno found a schema to upgrade (the release phase does that: release_phase.py). On
+PostgreSQL every step runs under an advisory lock, so of every process on one database
+(dynos booting, release phases) exactly one migrates and the others wait, then find the
+schema current. Messages never contain the URL; the supervisor removes any password from
+this output as from every child's.
 """
 
 from __future__ import annotations
@@ -14,14 +16,17 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection
+    from sqlalchemy.engine import Connection, Engine
 
 UNREACHABLE = 3
 MIGRATION_FAILED = 4
+RELEASE_PHASE_MIGRATES = 5
 # pg_advisory_lock's key for "MLflow's schema in this database is being migrated": any fixed
 # 64-bit number other software on the database would not pick (these are "mlflowhk" in ASCII).
 MIGRATION_LOCK_KEY = 0x6D6C666C6F77686B
@@ -37,7 +42,7 @@ def log(message: str) -> None:
     print(f"migrate: {message}", file=sys.stderr, flush=True)
 
 
-def _reason(error: BaseException) -> str:
+def reason_of(error: BaseException) -> str:
     """The root cause's class and first line (the supervisor redacts secrets from it)."""
     root: BaseException = error
     while root.__cause__ is not None:
@@ -68,21 +73,92 @@ def hold_migration_lock(connection: Connection, where: str) -> None:
     connection.commit()  # a session-level lock outlives the transaction; no snapshot is kept
 
 
-def main() -> int:
-    from .internals import BACKEND_STORE_VARIABLE
+@dataclass(frozen=True)
+class SchemaState:
+    """Where a database's MLflow schema stands against this image's MLflow."""
 
-    url = os.environ[BACKEND_STORE_VARIABLE]
-    where = os.environ.get("_MLFLOW_HEROKU_DB_DESCRIPTION", "the database")
-    budget = float(os.environ.get("MLFLOW_HEROKU_DB_WAIT_SECONDS", "40"))
+    revision: str | None  # the database's Alembic revision; None before MLflow's first run
+    head: str  # the installed MLflow's newest revision
+    known: bool  # the revision is one of the installed MLflow's migrations
+    empty: bool  # no MLflow table yet (Alembic's own bookkeeping table does not count)
 
+    @property
+    def at_head(self) -> bool:
+        return not self.empty and self.revision == self.head
+
+    @property
+    def ahead(self) -> bool:
+        """Migrated by a newer MLflow: this image cannot serve it, nor migrate it back."""
+        return not self.empty and self.revision is not None and not self.known
+
+    @property
+    def behind(self) -> bool:
+        return not (self.empty or self.at_head or self.ahead)
+
+
+def schema_state(connection: Connection) -> SchemaState:
+    """Read the database's revision (Alembic's public API) and compare it with the installed
+    MLflow's migrations."""
+    import sqlalchemy
+    from alembic.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    from . import internals
+
+    tables = sqlalchemy.inspect(connection).get_table_names()
+    # MLflow's own test for "empty" (mlflow.store.db.utils._is_empty_database): a failed
+    # first run may leave only Alembic's table behind.
+    empty = all(name.startswith("alembic_") for name in tables)
+    revision = MigrationContext.configure(connection).get_current_revision()
+    scripts = ScriptDirectory(str(internals.mlflow_migrations_directory()))
+    (head,) = scripts.get_heads()  # MLflow's history is linear (internals.py checks it)
+    try:
+        known = revision is not None and scripts.get_revision(revision) is not None
+    except CommandError:  # "No such revision": written by a newer MLflow (or by hand)
+        known = False
+    return SchemaState(revision, head, known, empty)
+
+
+def newer_schema_message(state: SchemaState, where: str) -> str:
+    """What to do when the database was migrated by a newer release than this image."""
+    import importlib.metadata
+
+    version = importlib.metadata.version("mlflow")
+    return (
+        f"{where} is at schema revision {state.revision}, which this image's MLflow {version} "
+        f"(newest revision {state.head}) does not know: a newer release migrated it. Release "
+        "the newer image again, or restore the backup taken before that upgrade "
+        '(docs/operations.md, "Upgrading MLflow")'
+    )
+
+
+def migrate_schemas(url: str) -> None:
+    """Bring every schema this image owns to its newest revision: MLflow's tracking schema
+    (tables created in an empty database). The caller holds the migration lock; a schema
+    added later (e.g. the accounts' schema) is migrated here too, so it has the same writer."""
+    from . import internals
+
+    # What `mlflow db upgrade` does, by its own code (internals.py says why).
+    internals.upgrade_database_schema(url)
+
+
+def connect_engine(url: str, connect_timeout: int = 5, **connect_args: object) -> Engine:
+    """An engine without a pool (each connection is closed after use), whose PostgreSQL
+    connections fail fast on a dead host."""
     import sqlalchemy
 
-    # Connect first with a short timeout per attempt, so a dead host fails fast and the
-    # whole wait stays within Heroku's boot window (docs/image.md, "Process layout and why").
-    connect_args = {"connect_timeout": 5} if url.startswith("postgresql") else {}
-    engine = sqlalchemy.create_engine(
-        url, poolclass=sqlalchemy.pool.NullPool, connect_args=connect_args
-    )
+    arguments = dict(connect_args)
+    if url.startswith("postgresql"):
+        arguments.setdefault("connect_timeout", connect_timeout)
+    return sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, connect_args=arguments)
+
+
+def wait_for_database(engine: Engine, where: str, budget: float) -> bool:
+    """True once a connection succeeds; False after ``budget`` seconds of failures (each
+    logged with its reason)."""
+    import sqlalchemy
+
     deadline = time.monotonic() + budget
     attempt = 0
     while True:
@@ -90,34 +166,65 @@ def main() -> int:
         try:
             with engine.connect() as connection:
                 connection.execute(sqlalchemy.text("SELECT 1"))
-            break
+            return True
         except Exception as error:
             remaining = deadline - time.monotonic()
-            log(f"database {where} unreachable (attempt {attempt}): {_reason(error)}")
+            log(f"database {where} unreachable (attempt {attempt}): {reason_of(error)}")
             if remaining <= 0:
                 log(
                     f"giving up after {budget:.0f} s (MLFLOW_HEROKU_DB_WAIT_SECONDS): check "
                     "DATABASE_URL and that the database is running"
                 )
-                return UNREACHABLE
+                return False
             time.sleep(min(2.0, max(remaining, 0.1)))
+
+
+def on_heroku_dyno(environ: Mapping[str, str]) -> bool:
+    """Heroku sets DYNO in every dyno (web.1, run.4821, release.9768); local runs have none."""
+    return bool(environ.get("DYNO"))
+
+
+def main() -> int:
+    from .internals import BACKEND_STORE_VARIABLE
+
+    url = os.environ[BACKEND_STORE_VARIABLE]
+    where = os.environ.get("_MLFLOW_HEROKU_DB_DESCRIPTION", "the database")
+    budget = float(os.environ.get("MLFLOW_HEROKU_DB_WAIT_SECONDS", "40"))
+
+    # Connect first with a short timeout per attempt, so a dead host fails fast and the
+    # whole wait stays within Heroku's boot window (docs/image.md, "Process layout and why").
+    engine = connect_engine(url)
+    if not wait_for_database(engine, where, budget):
+        engine.dispose()
+        return UNREACHABLE
 
     started = time.monotonic()
     try:
-        from . import internals
-
         with engine.connect() as connection:
             # Held until the upgrade is done, so every other dyno (or an old and a new release
             # booting together) waits here and then finds the schema current.
             if url.startswith("postgresql"):
                 hold_migration_lock(connection, where)
-            if not sqlalchemy.inspect(connection).get_table_names():
+            state = schema_state(connection)
+            if state.ahead:
+                log(newer_schema_message(state, where))
+                return MIGRATION_FAILED
+            if state.behind and on_heroku_dyno(os.environ):
+                # Upgrading here would skip the release phase's backup and pause of writers.
+                log(
+                    f"{where} is at schema revision {state.revision}, this image's MLflow "
+                    f"needs {state.head}: not migrating from a web dyno. The release phase "
+                    "migrates: release both the web and the release process types (pulumi up "
+                    "does), or run `python -m mlflow_heroku_runtime.release_phase` in a "
+                    "one-off dyno (heroku run)"
+                )
+                return RELEASE_PHASE_MIGRATES
+            if state.empty:
                 log(f"creating MLflow's tables in {where}")
             connection.commit()
-            # What `mlflow db upgrade` does, by its own code (internals.py says why).
-            internals.upgrade_database_schema(url)
+            migrate_schemas(url)
     except Exception as error:
-        log(f"schema migration of {where} failed: {_reason(error)}")
+        log(f"schema migration of {where} failed: {reason_of(error)}")
         return MIGRATION_FAILED
     finally:
         engine.dispose()

@@ -326,3 +326,41 @@ def test_other_scopes_pass_through() -> None:
 
 def _bodies(sent: list[dict[str, object]]) -> list[object]:
     return [message.get("body") for message in sent if message["type"] == "http.response.body"]
+
+
+READ_ONLY_WRITE = (
+    "(psycopg.errors.ReadOnlySqlTransaction) cannot execute INSERT in a read-only transaction\n"
+    "[SQL: INSERT INTO experiments (name, workspace) VALUES (%(name)s::VARCHAR, "
+    "%(workspace)s::VARCHAR) RETURNING experiments.experiment_id]\n"
+    "[parameters: {'name': 'e', 'workspace': 'default'}]\n"
+    "(Background on this error at: https://sqlalche.me/e/21/2j85)"
+)
+
+
+def test_a_write_refused_by_the_read_only_database_answers_503_with_retry_after() -> None:
+    """While a release phase upgrades the schema (MLflow answers such a refusal with 400)."""
+    from mlflow_heroku_runtime.error_filter import READ_ONLY_MESSAGE, READ_ONLY_RETRY_AFTER_SECONDS
+
+    start, body = run_filtered(400, [error_body(READ_ONLY_WRITE, "BAD_REQUEST")])
+    assert start["status"] == 503
+    assert json.loads(body["body"]) == {  # type: ignore[arg-type]
+        "error_code": "TEMPORARILY_UNAVAILABLE",
+        "message": READ_ONLY_MESSAGE,
+    }
+    headers = dict(start["headers"])  # type: ignore[call-overload]
+    assert headers[b"retry-after"] == str(READ_ONLY_RETRY_AFTER_SECONDS).encode()
+    assert headers[b"content-type"] == b"application/json"
+    assert headers[b"content-length"] == str(len(body["body"])).encode()  # type: ignore[arg-type]
+    assert len(start["headers"]) == 3  # type: ignore[arg-type]
+
+
+def test_only_the_drivers_read_only_error_turns_into_503() -> None:
+    """A message that merely names the error (here a user's experiment name) keeps its status."""
+    named = error_body(
+        "Experiment 'ReadOnlySqlTransaction' does not exist", "RESOURCE_DOES_NOT_EXIST"
+    )
+    start, body = run_filtered(404, [named])
+    assert start["status"] == 404
+    assert body["body"] == named
+    other = run_filtered(400, [error_body(DUPLICATE_EXPERIMENT)])[0]
+    assert other["status"] == 400

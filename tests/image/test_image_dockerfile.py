@@ -192,3 +192,41 @@ def test_ui_files_are_compressed_once_at_build(tmp_path: Path) -> None:
     assert any(name.endswith(".js") and outcome[name] for name in names)
     assert any(name.endswith((".png", ".woff2")) and not outcome[name] for name in names)
     assert not outcome["index.html"]  # under 1 KiB
+
+
+# Debian's copy of the PostgreSQL repository's signing key (postgresql-common, installed with
+# the test cluster's server): the Dockerfile takes the key from the same package.
+DEBIAN_PGDG_KEY = Path("/usr/share/postgresql-common/pgdg/apt.postgresql.org.asc")
+HEROKU_NEWEST_POSTGRES = 17  # devcenter.heroku.com/articles/upgrading-heroku-postgres-databases
+
+
+def test_pg_dump_is_new_enough_for_heroku_and_its_repository_key_is_verified(
+    tmp_path: Path,
+) -> None:
+    """backup.py (and the release phase's backup) need pg_dump >= the server's major version;
+    its repository's key is pinned by hash; curl is there for Heroku's release-phase logs."""
+    import hashlib
+
+    _builder, final = stages()
+    (step,) = [args for name, args in final if name == "RUN" and "pgdg" in args]
+    installed = re.search(r"--no-install-recommends postgresql-client-(\d+)=(\d+)\.\* ", step)
+    assert installed, step
+    assert installed.group(1) == installed.group(2)
+    major = int(installed.group(1))
+    assert major >= HEROKU_NEWEST_POSTGRES
+    assert re.search(r"\bcurl=7\.88\.\*", step)
+    assert ("ENV", f"PATH=/usr/lib/postgresql/{major}/bin:$PATH") in final
+    assert "[signed-by=/usr/share/keyrings/pgdg.asc] " in step
+    assert ' bookworm-pgdg main" ' in step
+    pinned = re.search(r'echo "([0-9a-f]{64})  /usr/share/keyrings/pgdg.asc"', step)
+    assert pinned, step
+    assert "sha256sum --check --strict" in step
+    assert pinned.group(1) == hashlib.sha256(DEBIAN_PGDG_KEY.read_bytes()).hexdigest()
+    # The repository's key as the PostgreSQL project publishes its fingerprint.
+    shown = subprocess.run(
+        ["gpg", "--homedir", str(tmp_path), "--show-keys", "--with-colons", str(DEBIAN_PGDG_KEY)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "fpr:::::::::B97B0AFCAA1A47F044F244A07FCC7D46ACCC4CF8:" in shown

@@ -1,5 +1,6 @@
-"""A database an older MLflow 3.x wrote upgrades cleanly when the image boots on it: nothing
-is lost and the schema ends at the pinned MLflow's head revision."""
+"""A database an older MLflow 3.x wrote upgrades cleanly when the image is released on it (the
+release phase migrates, then a web dyno boots): nothing is lost and the schema ends at the
+pinned MLflow's head revision."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from alembic.script import ScriptDirectory
 
 from tests.support import tracking_content
 from tests.support.older_mlflow import (
     OLDER_MLFLOW_VERSION,
+    installed_head_revision,
+    installed_migrations,
     older_head_revision,
+    schema_revision,
     write_tracking_content,
 )
 from tests.support.services import (
@@ -22,8 +25,8 @@ from tests.support.services import (
     free_port,
     heroku_env,
     own_database,
+    run_release_phase,
     running_stack,
-    sql,
 )
 
 pytestmark = pytest.mark.integration
@@ -34,25 +37,6 @@ def older_database(postgres: PostgresCluster) -> Iterator[tuple[str, str]]:
     """A database of its own in the shared cluster: (name, Heroku-style URL)."""
     with own_database(postgres, "older_mlflow") as database:
         yield database
-
-
-def schema_revision(postgres: PostgresCluster, database: str) -> str:
-    """The Alembic revision the database's schema is at."""
-    ((revision,),) = sql(postgres, "SELECT version_num FROM alembic_version", database)
-    return str(revision)
-
-
-def installed_migrations() -> ScriptDirectory:
-    """The Alembic migrations of the MLflow the image pins (this environment's)."""
-    import mlflow
-
-    return ScriptDirectory(str(Path(mlflow.__file__).parent / "store" / "db_migrations"))
-
-
-def installed_head_revision() -> str:
-    heads = installed_migrations().get_heads()
-    assert len(heads) == 1, heads
-    return heads[0]
 
 
 def test_the_older_schema_is_several_revisions_behind_the_pinned_one() -> None:
@@ -88,6 +72,8 @@ def test_a_database_written_by_an_older_mlflow_upgrades_without_losing_anything(
     assert [len(trace["spans"]) for trace in written["traces"]] == [2]
 
     env = heroku_env(port=free_port(), database_url=url, s3=s3, s3_prefix=f"older-{time.time_ns()}")
+    released = run_release_phase(env)
+    assert released.returncode == 0, released.stderr
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", env["MLFLOW_TRACKING_USERNAME"])
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", env["MLFLOW_TRACKING_PASSWORD"])
     from mlflow.tracking import MlflowClient

@@ -97,6 +97,13 @@ def _break_proxied_artifact_path(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # How an upgrade could break each entry. Every registered entry needs one (see the test below):
 # a check that cannot fail proves nothing.
+def _break_migrations_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As if MLflow moved its migrations: the directory named here is no longer what it runs.
+    monkeypatch.setattr(
+        internals, "mlflow_migrations_directory", lambda: ENTRYPOINT.parent / "db_migrations"
+    )
+
+
 BREAKERS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "mlflow.server.handlers._get_tracking_store": _break_handlers_cache("_tracking_store"),
     "mlflow.server.handlers._get_artifact_repo_mlflow_artifacts": _break_handlers_cache(
@@ -118,6 +125,9 @@ BREAKERS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     ),
     "mlflow.server.handlers._get_proxied_run_artifact_destination_path": (
         _break_proxied_artifact_path
+    ),
+    "mlflow/store/db_migrations (the Alembic scripts `mlflow db upgrade` runs)": (
+        _break_migrations_directory
     ),
     "the _MLFLOW_SERVER_* environment `mlflow server` gives its app "
     "(mlflow.server._run_server)": lambda patch: patch.setitem(

@@ -16,6 +16,13 @@ import requests
 from mlflow_heroku_runtime.database_url import to_sqlalchemy_url
 from mlflow_heroku_runtime.migrate import MIGRATION_LOCK_KEY
 
+from tests.support.older_mlflow import (
+    installed_head_revision,
+    installed_migrations,
+    older_database,
+    older_head_revision,
+    schema_revision,
+)
 from tests.support.services import (
     ENTRYPOINT,
     PostgresCluster,
@@ -100,11 +107,11 @@ def _migration_env(url: str) -> dict[str, str]:
     }
 
 
-def _migrate(url: str) -> subprocess.CompletedProcess[str]:
-    """The supervisor's migration child, as the supervisor runs it."""
+def _migrate(url: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    """The supervisor's migration child, as the supervisor runs it (``extra``: e.g. DYNO)."""
     import sys
 
-    env = _migration_env(url)
+    env = {**_migration_env(url), **extra}
     return subprocess.run(
         [sys.executable, "-m", "mlflow_heroku_runtime.migrate"],
         env=env,
@@ -144,19 +151,72 @@ def test_migration_creates_then_upgrades_mlflows_schema(tmp_path: Path) -> None:
     assert [_schema_revision(database)] == heads
 
 
-def test_a_failed_migration_exits_4_naming_the_cause(tmp_path: Path) -> None:
+def _database_at(database: Path, revision: str) -> None:
+    """A SQLite database whose Alembic revision is ``revision`` and whose only MLflow table
+    is a stub."""
     import sqlite3
 
-    database = tmp_path / "mlflow.db"
     with contextlib.closing(sqlite3.connect(database)) as connection:
         connection.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
-        connection.execute("INSERT INTO alembic_version VALUES ('0123456789ab')")
+        connection.execute("INSERT INTO alembic_version VALUES (?)", (revision,))
         connection.execute("CREATE TABLE experiments (experiment_id INTEGER)")
         connection.commit()
+
+
+def test_a_failed_migration_exits_4_naming_the_cause(tmp_path: Path) -> None:
+    """MLflow's first revision, with tables that are not what it says: the upgrade fails."""
+    database = tmp_path / "mlflow.db"
+    (first,) = installed_migrations().get_bases()
+    _database_at(database, first)
     failed = _migrate(f"sqlite:///{database}")
     assert failed.returncode == 4, failed.stderr
-    assert "migrate: schema migration of the test database failed:" in failed.stderr
-    assert "0123456789ab" in failed.stderr  # alembic's own words: the unknown revision
+    assert "migrate: schema migration of the test database failed: OperationalError: no such " in (
+        failed.stderr
+    )
+
+
+def test_a_schema_newer_than_the_image_exits_4_saying_what_to_do(tmp_path: Path) -> None:
+    """A rollback to an image older than the database's schema: MLflow cannot serve it."""
+    import mlflow
+
+    database = tmp_path / "mlflow.db"
+    _database_at(database, "0123456789ab")
+    for dyno in (None, "web.1"):
+        env = {"DYNO": dyno} if dyno else {}
+        failed = _migrate(f"sqlite:///{database}", **env)
+        assert failed.returncode == 4, failed.stderr
+        assert (
+            "migrate: the test database is at schema revision 0123456789ab, which this image's "
+            f"MLflow {mlflow.__version__} (newest revision {installed_head_revision()}) does not "
+            "know: a newer release migrated it. Release the newer image again, or restore the "
+            "backup taken before that upgrade" in failed.stderr
+        )
+        assert _schema_revision(database) == "0123456789ab"
+
+
+@pytest.mark.integration
+def test_a_web_dyno_leaves_an_older_schema_to_the_release_phase(
+    postgres: PostgresCluster,
+) -> None:
+    """On a dyno, a database behind the image is not upgraded at boot (that would skip the
+    release phase's backup and pause of the writers): exit 5, one line saying what migrates.
+    Off a dyno (local runs, tests) the same database is upgraded at boot."""
+    with older_database(postgres, "web_dyno") as (name, url):
+        database = to_sqlalchemy_url(url).render_as_string(hide_password=False)
+        refused = _migrate(database, DYNO="web.1")
+        assert refused.returncode == 5, refused.stderr
+        assert schema_revision(postgres, name) == older_head_revision()
+        (line,) = refused.stderr.splitlines()
+        assert line == (
+            f"migrate: the test database is at schema revision {older_head_revision()}, this "
+            f"image's MLflow needs {installed_head_revision()}: not migrating from a web dyno. "
+            "The release phase migrates: release both the web and the release process types "
+            "(pulumi up does), or run `python -m mlflow_heroku_runtime.release_phase` in a "
+            "one-off dyno (heroku run)"
+        )
+        migrated = _migrate(database)
+        assert migrated.returncode == 0, migrated.stderr
+        assert schema_revision(postgres, name) == installed_head_revision()
 
 
 @pytest.fixture

@@ -6,7 +6,10 @@ release of the image left it (tests/image/test_image_older_database.py).
 ``older_head_revision()`` is its schema's Alembic head;
 ``write_tracking_content(database_url, artifact_root)`` runs tests/support/tracking_content.py
 in it against the database directly (no old server needed) and returns the content's
-snapshot as that MLflow read it back.
+snapshot as that MLflow read it back. ``older_database(cluster, prefix, owner)`` is a database
+holding that content, copied from a template written once per cluster and owner (a copy takes
+a fraction of a second, the writing several). ``schema_revision`` and
+``installed_head_revision`` say where a database's schema and the pinned MLflow's stand.
 """
 
 from __future__ import annotations
@@ -20,13 +23,23 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from alembic.script import ScriptDirectory
+
 from tests.support import tracking_content
-from tests.support.services import REPO_ROOT
+from tests.support.services import (
+    REPO_ROOT,
+    PostgresCluster,
+    Role,
+    database_url,
+    own_database,
+    sql,
+)
 
 # The oldest 3.x (every 3.x is a pure-Python wheel that installs on 3.11): its schema is the
 # furthest behind the pinned MLflow's, so the upgrade runs every migration a 3.x database can
@@ -177,3 +190,46 @@ def write_tracking_content(database_url: str, artifact_root: Path) -> dict[str, 
             )
         content: dict[str, Any] = json.loads(out.read_text())
         return content
+
+
+# (cluster port, owner) -> the template database written by the older MLflow.
+_TEMPLATES: dict[tuple[int, str | None], str] = {}
+
+
+@contextlib.contextmanager
+def older_database(
+    cluster: PostgresCluster, prefix: str, owner: Role | None = None
+) -> Iterator[tuple[str, str]]:
+    """A database as the older MLflow left it, holding tracking_content's content (its
+    artifacts are not kept): (name, Heroku-style URL as ``owner``), dropped at exit."""
+    key = (cluster.port, owner.name if owner else None)
+    with _locked(OLDER_MLFLOW_CACHE.parent / ".older-mlflow-template.lock"):
+        if key not in _TEMPLATES:
+            name = f"older_template_{time.time_ns()}"
+            owned = f' OWNER "{owner.name}"' if owner else ""
+            sql(cluster, f'CREATE DATABASE "{name}"{owned}')
+            url = database_url(cluster, name, owner)
+            with tempfile.TemporaryDirectory(prefix="older-mlflow-artifacts-") as artifacts:
+                write_tracking_content(url, Path(artifacts))
+            _TEMPLATES[key] = name  # the cluster is thrown away with it
+    with own_database(cluster, prefix, owner=owner, template=_TEMPLATES[key]) as database:
+        yield database
+
+
+def installed_migrations() -> ScriptDirectory:
+    """The Alembic migrations of the MLflow the image pins (this environment's)."""
+    import mlflow
+
+    return ScriptDirectory(str(Path(mlflow.__file__).parent / "store" / "db_migrations"))
+
+
+def installed_head_revision() -> str:
+    heads = installed_migrations().get_heads()
+    assert len(heads) == 1, heads
+    return heads[0]
+
+
+def schema_revision(cluster: PostgresCluster, database: str) -> str:
+    """The Alembic revision the database's schema is at."""
+    ((revision,),) = sql(cluster, "SELECT version_num FROM alembic_version", database)
+    return str(revision)

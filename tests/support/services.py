@@ -6,7 +6,10 @@ also when the body raises:
 - ``free_port()``: a free TCP port on 127.0.0.1.
 - ``postgres_cluster()`` -> ``PostgresCluster``: a fresh PostgreSQL 15 cluster; ``.url`` is
   in Heroku's ``postgres://user:pass@127.0.0.1:port/db`` form (the password needs URL
-  quoting on purpose); ``.stop()`` / ``.start()`` for fault tests.
+  quoting on purpose); ``.stop()`` / ``.start()`` for fault tests. ``sql(cluster, statement)``
+  runs one statement as its superuser; ``own_database(cluster, prefix)`` a database dropped at
+  exit, optionally owned by ``app_role(cluster)`` (a login role without superuser, as Heroku's
+  credential) or copied from a template database.
 - ``s3_server()`` -> ``S3Server``: moto's server with a bucket; ``.endpoint_url``,
   ``.bucket``, ``.access_key``, ``.secret_key``, ``.keys()`` / ``.read()`` for assertions,
   ``.stop()`` / ``.start()`` (moto keeps data in memory: a restart empties the bucket).
@@ -17,6 +20,9 @@ also when the body raises:
   ``start_stack(env, wait_ready=False)`` gives the same object without waiting (for tests of
   failing starts); call ``.stop()`` yourself. ``user="nobody"`` runs it as that user (as root);
   ``args=["--local", "--port", N], port=N`` runs local mode.
+- ``start_release_phase(env)`` / ``run_release_phase(env)``: ``python image/entrypoint.py`` as
+  Heroku's release phase runs it (``DYNO=release.<N>``), with PostgreSQL's client programs on
+  PATH as in the image; a Popen with text stdout and stderr, or its finished result.
 - ``build_nginx_preload(dest_dir)`` compiles image/nginx_graceful_term.c (nginx stops
   gracefully on SIGTERM) with gcc like the Dockerfile; stacks get it when
   ``MLFLOW_HEROKU_NGINX_PRELOAD`` is in this process's environment (tests/conftest.py sets it).
@@ -221,13 +227,53 @@ def sql(cluster: PostgresCluster, statement: str, database: str = "postgres") ->
         return cursor.fetchall() if cursor.description else []
 
 
+@dataclass(frozen=True)
+class Role:
+    """A login role of a cluster: ``name`` and ``password`` for its URLs."""
+
+    name: str
+    password: str
+
+
+APP_ROLE = Role("mlflow_app", "app p@ss:w/rd%")  # a throwaway cluster's; URL-quoted in URLs
+
+
+def app_role(cluster: PostgresCluster) -> Role:
+    """A role like Heroku Postgres's default credential: it logs in, owns its database, and is
+    no superuser (so it may end its own sessions only). Created once per cluster."""
+    query = f"SELECT count(*) FROM pg_roles WHERE rolname = '{APP_ROLE.name}'"  # noqa: S608 (a constant)
+    (exists,) = sql(cluster, query)
+    if not exists[0]:
+        sql(
+            cluster, f"CREATE ROLE {APP_ROLE.name} LOGIN NOSUPERUSER PASSWORD '{APP_ROLE.password}'"
+        )
+    return APP_ROLE
+
+
+def database_url(cluster: PostgresCluster, name: str, role: Role | None = None) -> str:
+    """Heroku's postgres:// form of database ``name``, as ``role`` (default: the superuser)."""
+    user, password = (role.name, role.password) if role else (cluster.user, cluster.password)
+    quoted = urllib.parse.quote(password, safe="")
+    return f"postgres://{user}:{quoted}@{LOOPBACK}:{cluster.port}/{name}"
+
+
 @contextlib.contextmanager
-def own_database(cluster: PostgresCluster, prefix: str) -> Iterator[tuple[str, str]]:
-    """A new, empty database in the cluster, dropped at exit: (name, Heroku-style URL)."""
+def own_database(
+    cluster: PostgresCluster,
+    prefix: str,
+    owner: Role | None = None,
+    template: str | None = None,
+) -> Iterator[tuple[str, str]]:
+    """A new database in the cluster, dropped at exit: (name, Heroku-style URL). Empty, or a
+    copy of database ``template`` (which nobody may be connected to); owned by ``owner`` (and
+    the URL that role's) when given."""
     name = f"{prefix}_{time.time_ns()}"
-    sql(cluster, f'CREATE DATABASE "{name}"')
+    clauses = (f' TEMPLATE "{template}"' if template else "") + (
+        f' OWNER "{owner.name}"' if owner else ""
+    )
+    sql(cluster, f'CREATE DATABASE "{name}"{clauses}')
     try:
-        yield name, cluster.url.rsplit("/", 1)[0] + f"/{name}"
+        yield name, database_url(cluster, name, owner)
     finally:
         sql(cluster, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
@@ -549,6 +595,38 @@ def running_stack(env: Mapping[str, str], **kwargs: Any) -> Iterator[Stack]:
         yield stack
     finally:
         stack.stop()
+
+
+def start_release_phase(
+    env: Mapping[str, str], dyno: str = "release.9768"
+) -> subprocess.Popen[str]:
+    """``python image/entrypoint.py`` in a release-phase dyno: exactly ``env`` (plus PATH with
+    pg_dump, locale) and ``DYNO=dyno``, in its own process group; stdout and stderr piped."""
+    full_env = {**_base_env(), **env, "DYNO": dyno}
+    full_env["PATH"] = f"{PG_BIN}:{full_env['PATH']}"
+    return subprocess.Popen(
+        [sys.executable, str(ENTRYPOINT)],
+        env=full_env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def run_release_phase(
+    env: Mapping[str, str], timeout: float = 240, dyno: str = "release.9768"
+) -> subprocess.CompletedProcess[str]:
+    """``start_release_phase`` to its end (killed after ``timeout`` seconds)."""
+    process = start_release_phase(env, dyno)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
 def _stop_process_group(process: subprocess.Popen[bytes], grace: float) -> int | None:
