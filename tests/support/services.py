@@ -603,21 +603,27 @@ def mlflow_pid_of(stack: Stack) -> int:
     raise AssertionError("no uvicorn or gunicorn process in the stack")
 
 
-def mlflow_ports_of(stack: Stack) -> list[int]:
-    """The loopback ports of the stack's MLflow, from the command line of its uvicorn (one
-    worker: --port) or gunicorn (forked workers: one --bind=127.0.0.1:port each, in slot
-    order)."""
+def runtime_dir_of(stack: Stack) -> Path:
+    """The stack's private runtime directory (nginx.conf, the flag files): nginx's ``-p``."""
     for pid in descendants(stack.process.pid):
         try:
             argv = psutil.Process(pid).cmdline()
         except psutil.Error:
             continue
-        if "uvicorn" in argv and "--port" in argv:
-            return [int(argv[argv.index("--port") + 1])]
-        binds = [arg.rsplit(":", 1)[1] for arg in argv if arg.startswith("--bind=")]
-        if "gunicorn" in argv and binds:
-            return [int(port) for port in binds]
-    raise AssertionError("no uvicorn child with --port, nor gunicorn with --bind")
+        if argv and argv[0].startswith("nginx") and "-p" in argv:
+            return Path(argv[argv.index("-p") + 1])
+    raise AssertionError("no nginx with -p in the stack")
+
+
+def mlflow_ports_of(stack: Stack) -> list[int]:
+    """The loopback ports of the stack's MLflow workers, in slot order: the upstream servers
+    of its nginx.conf (the supervisor hands MLflow their sockets, so no command line names
+    them)."""
+    config = (runtime_dir_of(stack) / "nginx.conf").read_text()
+    upstream = config[config.index("upstream mlflow {") :]
+    upstream = upstream[: upstream.index("}")]
+    ports = [int(port) for port in re.findall(r"server 127\.0\.0\.1:(\d+)", upstream)]
+    return list(dict.fromkeys(ports))  # the backup entries repeat the same ports
 
 
 def tree_pss_mb(pid: int) -> float:
