@@ -9,9 +9,10 @@ each importing MLflow itself, as uvicorn's own ``--workers`` does (docs/image.md
 
 gunicorn gets one listening socket per worker from the supervisor, which listens on the
 loopback ports itself before nginx starts (``--bind fd://N`` in slot order; supervisor.py says
-why), and each worker serves only the socket of its slot. nginx then chooses the worker (``least_conn``) and may keep its
-connections to each: on one shared port the kernel chooses, which piles kept connections onto
-one worker, and without kept connections costs a connect and an accept per request.
+why), and each worker serves only the socket of its slot. nginx then chooses the worker
+(``least_conn``) and may keep its connections to each: on one shared port the kernel chooses,
+which piles kept connections onto one worker, and without kept connections costs a connect and
+an accept per request.
 """
 
 from __future__ import annotations

@@ -62,6 +62,7 @@ from .plan import (
     argument_parser,
     listen_problem,
 )
+from .stale_requests import READ_TIMEOUT_VARIABLE
 
 RUNTIME_PACKAGE_DIR = Path(__file__).resolve().parent
 STOP_GRACE_SECONDS = 8.0  # inside Heroku's 30 s; the brief promises everything gone within 10
@@ -468,6 +469,7 @@ class Supervisor:
                 "MLFLOW_ENABLE_WORKSPACES": env.get("MLFLOW_ENABLE_WORKSPACES", "false"),
                 "_MLFLOW_HEROKU_DB_DESCRIPTION": settings.database_description,
                 "MLFLOW_HEROKU_DB_WAIT_SECONDS": str(settings.db_wait_seconds),
+                READ_TIMEOUT_VARIABLE: str(settings.proxy_read_timeout),
                 MIGRATED_FLAG_VARIABLE: str(self.migrated_flag),
                 SUPERVISOR_PID_VARIABLE: str(os.getpid()),
                 "PYTHONPATH": os.pathsep.join(

@@ -28,8 +28,10 @@ from tests.support.services import (
     descendants,
     free_port,
     heroku_env,
+    migration_lock_held,
     mlflow_pid_of,
     mlflow_ports_of,
+    own_database,
     start_stack,
     wait_for_port,
 )
@@ -568,8 +570,9 @@ def test_mlflow_ports_hold_requests_from_before_nginx_listens(tmp_path: Path, wo
         for mlflow_port in ports:  # nothing of MLflow serves yet, but the port takes it
             socket.create_connection(("127.0.0.1", mlflow_port), timeout=1).close()
         asked = time.monotonic()
-        assert requests.get(f"{stack.url}/health", timeout=10).status_code == 503
-        assert time.monotonic() - asked < 1
+        health = requests.get(f"{stack.url}/health", timeout=10)
+        assert health.status_code == 503, (health.text, stack.output()[-2000:])
+        assert time.monotonic() - asked < 1, time.monotonic() - asked
         login = ("mlflow", (tmp_path / ".local-data" / "password").read_text().strip())
         sent = time.monotonic()
         answer = requests.post(
@@ -579,14 +582,62 @@ def test_mlflow_ports_hold_requests_from_before_nginx_listens(tmp_path: Path, wo
             timeout=60,
         )
         held = time.monotonic() - sent
-        assert answer.status_code == 200, answer.text
-        assert held > 1, "MLflow was already serving: nothing was held"
+        assert answer.status_code == 200, (answer.text, stack.output()[-2000:])
+        assert held > 1, ("MLflow was already serving: nothing was held", stack.output())
         assert "MLflow ready after" in stack.wait_for_output("MLflow ready after", 10)
         assert requests.get(f"{stack.url}/health", timeout=10).status_code == 200
-        assert listening_ports(stack.process.pid) & set(ports) == set()
-        assert listening_ports(mlflow_pid_of(stack)) >= set(ports)
+        assert listening_ports(stack.process.pid) & set(ports) == set(), ports
+        assert listening_ports(mlflow_pid_of(stack)) >= set(ports), ports
     finally:
         stack.stop()
+
+
+def test_a_request_held_past_nginx_s_timeout_is_answered_504_and_never_run(
+    postgres: PostgresCluster, s3: S3Server
+) -> None:
+    """A boot longer than nginx's read timeout (here 5 s, while another process holds the
+    migration lock): the create waiting in MLflow's queue gets nginx's 504 at the timeout, and
+    when MLflow starts it does not run it (stale_requests.py), so no experiment exists that
+    the client was told had failed."""
+    with own_database(postgres, "held_too_long") as (name, database_url):
+        env = heroku_env(
+            port=free_port(),
+            database_url=database_url,
+            s3=s3,
+            WEB_CONCURRENCY="1",
+            MLFLOW_HEROKU_PROXY_READ_TIMEOUT="5",
+        )
+        with migration_lock_held(postgres, name):
+            stack = start_stack(env, wait_ready=False)
+            try:
+                assert wait_for_port(stack.port, 10), stack.output()
+                sent = time.monotonic()
+                answer = requests.post(
+                    f"{stack.url}{API}/experiments/create",
+                    json={"name": "held-too-long"},
+                    auth=stack.auth,
+                    timeout=30,
+                )
+                assert answer.status_code == 504, answer.text
+                assert answer.json()["error_code"] == "DEADLINE_EXCEEDED"
+                assert 4.5 < time.monotonic() - sent < 8
+            except BaseException:
+                stack.stop()
+                raise
+        try:
+            stack.wait_ready(90)
+            output = stack.wait_for_output("not running POST /api/2.0/mlflow/experiments/create")
+            assert "not running POST /api/2.0/mlflow/experiments/create: it waited" in output
+            found = requests.get(
+                f"{stack.url}{API}/experiments/get-by-name",
+                params={"experiment_name": "held-too-long"},
+                auth=stack.auth,
+                timeout=30,
+            )
+            assert found.status_code == 404, found.text
+            assert found.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
+        finally:
+            stack.stop()
 
 
 def listening_ports(pid: int) -> set[int]:

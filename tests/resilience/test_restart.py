@@ -18,7 +18,6 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import psycopg
 import pytest
 
 from tests.resilience.helpers import signal_all, tree_of, wait_until
@@ -29,6 +28,7 @@ from tests.support.services import (
     Stack,
     free_port,
     heroku_env,
+    migration_lock_held,
     own_database,
     start_stack,
     wait_for_port,
@@ -330,21 +330,3 @@ def test_a_deploy_that_boots_slowly_holds_requests(postgres: PostgresCluster, s3
             old.stop()
             if new is not None:
                 new.stop()
-
-
-@contextlib.contextmanager
-def migration_lock_held(postgres: PostgresCluster, database: str) -> Iterator[None]:
-    """The advisory lock of migrate.py held on ``database`` (what another booting dyno's
-    migration holds), released at exit."""
-    from mlflow_heroku_runtime.migrate import MIGRATION_LOCK_KEY
-
-    with psycopg.connect(
-        host="127.0.0.1",
-        port=postgres.port,
-        user=postgres.user,
-        password=postgres.password,
-        dbname=database,
-        autocommit=True,
-    ) as connection:
-        connection.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
-        yield

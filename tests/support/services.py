@@ -22,6 +22,10 @@ also when the body raises:
   ``MLFLOW_HEROKU_NGINX_PRELOAD`` is in this process's environment (tests/conftest.py sets it).
 - ``wait_for_port(port, timeout)``, ``descendants(pid)``, ``tree_pss_mb(pid)``: waiting for a
   listener, a process tree, and the proportional set size of a process and its descendants.
+- ``own_database(cluster, prefix)``: a fresh database; ``migration_lock_held(cluster, name)``:
+  the image's migration lock held there, so a stack booting meanwhile waits (a slow boot).
+- ``mlflow_ports_of(stack)``, ``runtime_dir_of(stack)``: MLflow's loopback ports (from the
+  stack's nginx.conf) and its runtime directory.
 
 Failed logins count against nginx's per-client rate limit (the shared test stack allows 120 a
 minute): send a distinct ``X-Forwarded-For`` with deliberate unauthenticated probes.
@@ -230,6 +234,26 @@ def own_database(cluster: PostgresCluster, prefix: str) -> Iterator[tuple[str, s
         yield name, cluster.url.rsplit("/", 1)[0] + f"/{name}"
     finally:
         sql(cluster, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def migration_lock_held(cluster: PostgresCluster, database: str) -> Iterator[None]:
+    """The image's migration lock (migrate.py's advisory lock) held on ``database``, as another
+    booting dyno's migration holds it: a stack started meanwhile waits to migrate, with MLflow
+    held back, until the block ends."""
+    import psycopg
+    from mlflow_heroku_runtime.migrate import MIGRATION_LOCK_KEY  # the image's package
+
+    with psycopg.connect(
+        host=LOOPBACK,
+        port=cluster.port,
+        user=cluster.user,
+        password=cluster.password,
+        dbname=database,
+        autocommit=True,
+    ) as connection:
+        connection.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        yield
 
 
 # --------------------------------------------------------------------------- S3 (moto)
