@@ -318,7 +318,7 @@ def test_unreachable_database_holds_requests_then_answers_them_503_and_exits(
         assert wait_for_port(stack.port, 10), stack.output()
         asked = time.monotonic()
         health = requests.get(f"{stack.url}/health", timeout=10)
-        assert time.monotonic() - asked < 1  # the ready flag says so; nothing waits
+        assert time.monotonic() - asked < 2  # the ready flag says so; nothing waits
         assert health.status_code == 503
         assert health.headers["Retry-After"] == "5"
         answers: list[tuple[requests.Response, float]] = []
@@ -569,21 +569,22 @@ def test_mlflow_ports_hold_requests_from_before_nginx_listens(tmp_path: Path, wo
         assert len(ports) == workers
         for mlflow_port in ports:  # nothing of MLflow serves yet, but the port takes it
             socket.create_connection(("127.0.0.1", mlflow_port), timeout=1).close()
+        # Answered by nginx without waiting: MLflow would have answered 200 once ready.
         asked = time.monotonic()
         health = requests.get(f"{stack.url}/health", timeout=10)
         assert health.status_code == 503, (health.text, stack.output()[-2000:])
-        assert time.monotonic() - asked < 1, time.monotonic() - asked
+        assert time.monotonic() - asked < 2, time.monotonic() - asked
         login = ("mlflow", (tmp_path / ".local-data" / "password").read_text().strip())
-        sent = time.monotonic()
+        before = stack.output()
         answer = requests.post(
             f"{stack.url}{API}/experiments/search",
             json={"max_results": 1},
             auth=login,
             timeout=60,
         )
-        held = time.monotonic() - sent
         assert answer.status_code == 200, (answer.text, stack.output()[-2000:])
-        assert held > 1, ("MLflow was already serving: nothing was held", stack.output())
+        # Sent before MLflow was ready, so it waited for it.
+        assert "MLflow ready after" not in before, before
         assert "MLflow ready after" in stack.wait_for_output("MLflow ready after", 10)
         assert requests.get(f"{stack.url}/health", timeout=10).status_code == 200
         assert listening_ports(stack.process.pid) & set(ports) == set(), ports
