@@ -33,6 +33,7 @@ from .flask_shortcut import FlaskShortcut  # noqa: E402
 from .migrate import wait_for_migration  # noqa: E402
 from .plan import FORKED_WORKERS_VARIABLE  # noqa: E402
 from .settings import DEFAULTS  # noqa: E402
+from .stale_requests import READ_TIMEOUT_VARIABLE, DropStaleRequests  # noqa: E402
 from .wsgi_bridge import WsgiBridge  # noqa: E402
 
 OPENED_BY = "mlflow_heroku_opened_by_pid"  # our key in each pooled connection's info
@@ -107,15 +108,21 @@ def forget_inherited_database_connections() -> None:
 # until the supervisor says the schema is current.
 wait_for_migration()
 warm_up_and_freeze()
-app = ScrubDatabaseErrors(
-    FlaskShortcut(
-        mlflow_app,
-        WsgiBridge(flask_app),
-        # One tracking call at a time per pooled connection (settings.py sets the size).
-        concurrent_calls=int(
-            os.environ.get(
-                "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", DEFAULTS["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"]
-            )
-        ),
-    )
+app = DropStaleRequests(  # those that waited out nginx's timeout in the queue during the boot
+    ScrubDatabaseErrors(
+        FlaskShortcut(
+            mlflow_app,
+            WsgiBridge(flask_app),
+            # One tracking call at a time per pooled connection (settings.py sets the size).
+            concurrent_calls=int(
+                os.environ.get(
+                    "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE",
+                    DEFAULTS["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"],
+                )
+            ),
+        )
+    ),
+    read_timeout_seconds=float(
+        os.environ.get(READ_TIMEOUT_VARIABLE, DEFAULTS["MLFLOW_HEROKU_PROXY_READ_TIMEOUT"])
+    ),
 )

@@ -7,10 +7,12 @@ gunicorn imports MLflow once in its master (``preload_app``; asgi.py also opens 
 and loads boto3 there) and forks the workers from it, so they share those pages instead of
 each importing MLflow itself, as uvicorn's own ``--workers`` does (docs/image.md, "Workers").
 
-gunicorn binds one loopback port per worker (``--bind`` in slot order) and each worker serves
-only the port of its slot. nginx then chooses the worker (``least_conn``) and may keep its
-connections to each: on one shared port the kernel chooses, which piles kept connections onto
-one worker, and without kept connections costs a connect and an accept per request.
+gunicorn gets one listening socket per worker from the supervisor, which listens on the
+loopback ports itself before nginx starts (``--bind fd://N`` in slot order; supervisor.py says
+why), and each worker serves only the socket of its slot. nginx then chooses the worker
+(``least_conn``) and may keep its connections to each: on one shared port the kernel chooses,
+which piles kept connections onto one worker, and without kept connections costs a connect and
+an accept per request.
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ from .internals import (
     set_arbiter_worker_count,
     uvicorn_worker_base,
 )
-from .plan import MLFLOW_GRACEFUL_SECONDS, UVICORN_OPTIONS
+from .plan import HOLD_BACKLOG, MLFLOW_GRACEFUL_SECONDS, UVICORN_OPTIONS
 
 # gunicorn's settings (module-level names of its config file).
 preload_app = True
 worker_class = "mlflow_heroku_runtime.forked_workers.MlflowWorker"
 graceful_timeout = MLFLOW_GRACEFUL_SECONDS
+# gunicorn listens again on the sockets it inherits; keep the supervisor's queue length.
+backlog = HOLD_BACKLOG
 # gunicorn 26 opens a control socket in $HOME; the image's only writable place is the
 # runtime directory, and nothing here talks to it.
 control_socket_disable = True

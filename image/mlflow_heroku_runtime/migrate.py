@@ -55,7 +55,8 @@ def reason_of(error: BaseException) -> str:
 def hold_migration_lock(connection: Connection, where: str) -> None:
     """Take the session-level advisory lock that makes this process the schema's one writer;
     closing the connection releases it. Waits as long as another writer migrates (a large
-    database's upgrade can take minutes; nginx answers 503 meanwhile)."""
+    database's upgrade can take minutes; requests wait for MLflow meanwhile, up to nginx's
+    read timeout, and /health answers 503)."""
     import sqlalchemy
 
     waited = time.monotonic()
@@ -247,8 +248,9 @@ def wait_for_migration(poll_seconds: float = 0.05) -> None:
     """Block MLflow's uvicorn (at its import of the app, before it listens) until the
     supervisor's flag file says the schema is current.
 
-    No time limit: migrating a large database can take minutes (nginx answers 503 meanwhile,
-    and Heroku only times out the binding of $PORT), and the supervisor already stops this
+    No time limit: migrating a large database can take minutes (requests wait meanwhile and
+    /health answers 503; Heroku only times out the binding of $PORT), and the supervisor
+    already stops this
     process when the migration fails or the dyno stops. Only a supervisor that is gone
     (killed outright) ends the wait, so nothing waits for ever.
     """

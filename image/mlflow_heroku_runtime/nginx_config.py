@@ -9,7 +9,7 @@ from pathlib import Path
 import jinja2
 
 from .errors import ConfigError
-from .plan import UPSTREAM_IDLE_SECONDS, Settings
+from .plan import READY_FLAG_NAME, UPSTREAM_IDLE_SECONDS, Settings
 
 TEMPLATE_DIR = Path(__file__).parent
 MIME_TYPES = Path("/etc/nginx/mime.types")
@@ -63,6 +63,7 @@ def render(
     return template.render(
         settings=settings,
         runtime_dir=runtime_dir,
+        ready_flag=runtime_dir / READY_FLAG_NAME,  # the supervisor's: MLflow serves
         htpasswd_path=htpasswd_path,
         mlflow_ports=mlflow_ports,
         worker_user=worker_user,

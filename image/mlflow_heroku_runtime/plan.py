@@ -28,6 +28,13 @@ UPSTREAM_IDLE_SECONDS = 50
 MLFLOW_IDLE_SECONDS = UPSTREAM_IDLE_SECONDS + 10
 # How long MLflow lets in-flight requests finish after SIGTERM.
 MLFLOW_GRACEFUL_SECONDS = 6
+# The listen backlog of MLflow's loopback ports. The supervisor listens on them before nginx
+# starts, so while MLflow boots nginx's connections wait in this queue instead of being
+# refused (docs/image.md, "Boot"); the kernel caps it at net.core.somaxconn.
+HOLD_BACKLOG = 1024
+# The file the supervisor creates in the runtime directory once every MLflow worker answers
+# /health, and removes when the stop begins; nginx answers /health 503 without it.
+READY_FLAG_NAME = "ready"
 # Set in MLflow's environment when gunicorn forks the workers from one import (asgi.py).
 FORKED_WORKERS_VARIABLE = "_MLFLOW_HEROKU_FORKED_WORKERS"
 # Every MLflow worker's uvicorn settings, as keywords of uvicorn.Config: the one worker
@@ -40,6 +47,8 @@ UVICORN_OPTIONS: dict[str, str | int | bool] = {
     "loop": "uvloop",
     "http": "httptools",
     "timeout_graceful_shutdown": MLFLOW_GRACEFUL_SECONDS,
+    # uvicorn listens again on the socket it is handed; keep the supervisor's queue length.
+    "backlog": HOLD_BACKLOG,
     "timeout_keep_alive": MLFLOW_IDLE_SECONDS,
     "access_log": False,  # nginx logs every request already
     "server_header": False,
@@ -82,7 +91,8 @@ class Plan:
     runtime_dir: str  # private temp dir: nginx.conf, htpasswd, temp paths, flag file
     nginx_config: str
     # One loopback port per MLflow worker, each served by that worker alone: nginx picks the
-    # worker and keeps its connections to each (docs/image.md, "Upstream").
+    # worker and keeps its connections to each (docs/image.md, "Upstream"). The supervisor
+    # listens on them itself and hands the sockets to MLflow.
     mlflow_ports: list[int]
 
     def to_json(self) -> str:

@@ -4,12 +4,20 @@ Process layout (why: see docs/image.md)::
 
     entrypoint (this, light: no mlflow, SQLAlchemy, jinja2 or bcrypt import)
     ├── python -m ...prepare            short-lived: validates the env, writes nginx's files
-    ├── nginx master -> worker          binds $PORT at once; 503 until MLflow answers
+    ├── nginx master -> worker          binds $PORT at once; requests wait for MLflow
     ├── python -m ...migrate            short-lived: waits for the DB, migrates, exits
     └── python -m gunicorn mlflow_heroku_runtime.asgi:app   WEB_CONCURRENCY >= 2: imports
         │                                                   MLflow once, on 127.0.0.1
         └── $WEB_CONCURRENCY uvicorn workers forked from it (forked_workers.py)
         or, for WEB_CONCURRENCY=1: python -m uvicorn mlflow_heroku_runtime.asgi:app
+
+Requests are held during the boot, not refused: before nginx starts, the supervisor listens
+on MLflow's loopback ports itself and later hands those sockets to MLflow (uvicorn ``--fd``,
+gunicorn ``--bind fd://``). nginx's connections to MLflow succeed at once and wait in the
+kernel's queue until MLflow accepts them. Its own copies are closed once MLflow has them, so
+a MLflow that dies takes the queue with it and nginx answers the waiting requests at once.
+``/health`` answers 503 until the ready flag exists, which the supervisor creates when every
+worker has answered a ``GET /health`` sent to its port.
 
 One event loop (``Supervisor.run``) does everything: it forwards children's output with
 secrets removed, dispatches the signals its handlers queue (a wake-up pipe in the same
@@ -46,13 +54,15 @@ from .internals import mlflow_uvicorn_log_config
 from .migrate import MIGRATED_FLAG_VARIABLE, SUPERVISOR_PID_VARIABLE
 from .plan import (
     FORKED_WORKERS_VARIABLE,
+    HOLD_BACKLOG,
     LOOPBACK,
+    READY_FLAG_NAME,
     UVICORN_OPTIONS,
     Plan,
     argument_parser,
-    bind_error,
     listen_problem,
 )
+from .stale_requests import READ_TIMEOUT_VARIABLE
 
 RUNTIME_PACKAGE_DIR = Path(__file__).resolve().parent
 STOP_GRACE_SECONDS = 8.0  # inside Heroku's 30 s; the brief promises everything gone within 10
@@ -62,9 +72,11 @@ SIBLING_SIGNAL_SECONDS = 1.0
 NGINX_START_SECONDS = 5.0
 CONFIG_ERROR_EXIT = 2
 CHILD_FAILED_EXIT = 1
-UPSTREAM_NOT_UP = b"connect() failed (111: Connection refused) while connecting to upstream"
 SIGNALS_KEY = "signals"  # the selector's key for the wake-up pipe
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SOMAXCONN = Path("/proc/sys/net/core/somaxconn")  # the kernel's cap on a listen backlog
+HEALTH_REQUEST = b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+PROBE_RETRY_SECONDS = 0.2  # before a probe that got no 200 is sent again
 
 
 class Redactor:
@@ -90,14 +102,59 @@ def port_accepts(address: str, port: int) -> bool:
     return False
 
 
-def mlflow_answers_health(port: int) -> bool:
-    """GET /health straight from a worker (200 means the app is imported and serving)."""
+class PortTakenError(Exception):
+    """One of MLflow's loopback ports could not be bound; ``message`` says which and why."""
+
+    def __init__(self, port: int, error: OSError) -> None:
+        if error.errno == errno.EADDRINUSE:
+            message = (
+                f"MLflow could not listen on {LOOPBACK}:{port}: another program took that port "
+                "after it was chosen; start again (the ports are chosen anew)"
+            )
+        else:
+            message = f"MLflow could not listen on {LOOPBACK}:{port} ({error.strerror})"
+        super().__init__(message)
+        self.message = message
+
+
+def hold_ports(ports: Sequence[int]) -> list[socket.socket]:
+    """Listen on each of MLflow's loopback ports, in slot order, with HOLD_BACKLOG: until MLflow
+    accepts, connections to them complete and wait in the kernel's queue. Raises PortTakenError for
+    the first port that cannot be bound, with nothing left bound."""
+    held: list[socket.socket] = []
     try:
-        with socket.create_connection((LOOPBACK, port), 1) as sock:
-            sock.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            return sock.recv(64).startswith(b"HTTP/1.1 200")
-    except OSError:
-        return False
+        for port in ports:
+            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(listener)
+            # Bound as uvicorn and gunicorn would: a connection in TIME_WAIT is no obstacle.
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                listener.bind((LOOPBACK, port))
+            except OSError as error:
+                raise PortTakenError(port, error) from error
+            listener.listen(HOLD_BACKLOG)
+    except BaseException:
+        for listener in held:
+            listener.close()
+        raise
+    return held
+
+
+def kernel_backlog_limit() -> int | None:
+    """net.core.somaxconn, which silently caps every listen backlog (None: unreadable)."""
+    try:
+        return int(SOMAXCONN.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@dataclasses.dataclass
+class HealthProbe:
+    """A ``GET /health`` sent to one MLflow port and watched in the loop's selector. The
+    connection succeeds at once (the port is held), so only the answer says MLflow serves."""
+
+    port: int
+    sock: socket.socket
 
 
 class Phase(enum.Enum):
@@ -133,9 +190,15 @@ class Supervisor:
         self.seen_exit: set[str] = set()
         self.signals: collections.deque[int] = collections.deque()
         self.migrated_flag = self.runtime_dir / "migrated"
+        self.ready_flag = self.runtime_dir / READY_FLAG_NAME  # nginx's /health looks for it
+        self.held: list[socket.socket] = []  # MLflow's listeners until MLflow has them
+        self.probes: dict[int, HealthProbe] = {}
+        self.probe_again_at: dict[int, float] = {}  # port -> when to send its probe again
+        self.answered: set[int] = set()  # ports whose worker answered /health with 200
         self.phase = Phase.NGINX_STARTING
         self.mlflow_ready = False
         self.started = time.monotonic()
+        self.nginx_listening_at: float | None = None
         self.suspected: SuspectedStop | None = None
         self.stopping: Stop | None = None
 
@@ -145,7 +208,9 @@ class Supervisor:
         try:
             self.install_signal_handlers()
             become_subreaper()
-            self.start_nginx()
+            self.hold_mlflow_ports()
+            if self.stopping is None:
+                self.start_nginx()
             while self.stopping is None:
                 self.pump(self.tick())
                 self.dispatch_signals()
@@ -167,13 +232,16 @@ class Supervisor:
         if code != 0:
             self.drain()  # a dead child's last words before ours
         self.stopping = Stop(reason, code)
+        # From now on /health says 503, whatever MLflow still answers while it drains.
+        self.ready_flag.unlink(missing_ok=True)
         log(reason)
 
     def tick(self) -> float:
         """How long the loop may wait for output, a signal or a child's exit (SIGCHLD)."""
         if self.phase is Phase.NGINX_STARTING:
             return 0.02
-        if self.suspected is not None or not self.mlflow_ready:
+        # Probes' answers and children's exits wake the loop themselves.
+        if self.suspected is not None or self.probe_again_at:
             return 0.05
         return 1.0
 
@@ -212,13 +280,6 @@ class Supervisor:
             if problem is not None:  # taken after prepare checked it
                 return f"nginx could not listen: {problem}"
             return f"nginx did not start on port {self.settings.port}; see its messages above"
-        if name == "mlflow" and not self.mlflow_ready:
-            taken = [port for port in self.plan.mlflow_ports if port_taken(port)]
-            if taken:
-                return (
-                    f"MLflow could not listen on {LOOPBACK}:{taken[0]}: another program took "
-                    "that port after it was chosen; start again (the ports are chosen anew)"
-                )
         if name == "migrate":
             return f"database migration failed (exit {code}); stopping"
         if self.phase is Phase.MIGRATING:
@@ -231,23 +292,86 @@ class Supervisor:
             return
         if self.phase is Phase.NGINX_STARTING:
             if port_accepts(self.settings.nginx_reachable_at, self.settings.port):
+                self.nginx_listening_at = time.monotonic()
                 log(
                     f"nginx listening on port {self.settings.port} after "
-                    f"{time.monotonic() - self.started:.2f} s; answering 503 until MLflow is "
-                    "ready"
+                    f"{self.nginx_listening_at - self.started:.2f} s; requests wait for MLflow "
+                    "until it is ready"
                 )
                 self.start_mlflow()
             elif time.monotonic() - self.started > NGINX_START_SECONDS:
                 self.stop(self.failure_message("nginx", 0), CHILD_FAILED_EXIT)
-        elif (
-            self.phase is Phase.SERVING
-            and not self.mlflow_ready
-            and all(map(mlflow_answers_health, self.plan.mlflow_ports))
-        ):
+            return
+        if self.mlflow_ready:
+            return
+        now = time.monotonic()
+        for port, due in list(self.probe_again_at.items()):
+            if now >= due:
+                del self.probe_again_at[port]
+                self.probe(port)
+        if self.phase is Phase.SERVING and self.answered >= set(self.plan.mlflow_ports):
             self.mlflow_ready = True
-            log(f"MLflow ready after {time.monotonic() - self.started:.1f} s")
+            self.ready_flag.touch()
+            held = now - (self.nginx_listening_at or self.started)
+            log(
+                f"MLflow ready after {now - self.started:.1f} s (requests waited up to "
+                f"{held:.1f} s for it)"
+            )
             if self.settings.local:
                 self.announce_local()
+
+    # ----------------------------------------------------------------- MLflow's ports
+
+    def hold_mlflow_ports(self) -> None:
+        """Listen on MLflow's ports before nginx starts, so nginx never finds them closed
+        while MLflow boots (module docstring)."""
+        try:
+            self.held = hold_ports(self.plan.mlflow_ports)
+        except PortTakenError as taken:
+            self.stop(taken.message, CHILD_FAILED_EXIT)
+            return
+        limit = kernel_backlog_limit()
+        if limit is not None and limit < HOLD_BACKLOG:
+            log(
+                f"warning: net.core.somaxconn is {limit}: while MLflow starts, at most {limit} "
+                f"requests per worker wait for it ({HOLD_BACKLOG} intended); more wait to "
+                "connect and may time out"
+            )
+
+    def release_held_ports(self) -> None:
+        for listener in self.held:
+            listener.close()
+        self.held = []
+
+    def probe(self, port: int) -> None:
+        """Send ``GET /health`` to one MLflow port; pump() reads the answer when it comes."""
+        try:
+            sock = socket.create_connection((LOOPBACK, port), 1)
+            sock.sendall(HEALTH_REQUEST)
+        except OSError:
+            self.probe_again_at[port] = time.monotonic() + PROBE_RETRY_SECONDS
+            return
+        sock.setblocking(False)
+        self.probes[port] = HealthProbe(port, sock)
+        self.selector.register(sock, selectors.EVENT_READ, self.probes[port])
+
+    def read_probe(self, probe: HealthProbe) -> None:
+        try:
+            answer = probe.sock.recv(64)
+        except BlockingIOError:
+            return
+        except OSError:  # reset: the worker went away; the loop hears of it as well
+            answer = b""
+        self.close_probe(probe)
+        if answer.startswith(b"HTTP/1.1 200"):
+            self.answered.add(probe.port)
+        else:
+            self.probe_again_at[probe.port] = time.monotonic() + PROBE_RETRY_SECONDS
+
+    def close_probe(self, probe: HealthProbe) -> None:
+        self.selector.unregister(probe.sock)
+        probe.sock.close()
+        del self.probes[probe.port]
 
     # ----------------------------------------------------------------- signals and output
 
@@ -265,7 +389,9 @@ class Supervisor:
     def _queue_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.signals.append(signum)
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+    def _spawn(
+        self, name: str, argv: list[str], env: dict[str, str], pass_fds: Sequence[int] = ()
+    ) -> None:
         process = subprocess.Popen(
             argv,
             env=env,
@@ -273,6 +399,7 @@ class Supervisor:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             cwd=self.runtime_dir,
+            pass_fds=tuple(pass_fds),  # every other descriptor of ours is closed in the child
         )
         assert process.stdout is not None
         os.set_blocking(process.stdout.fileno(), False)
@@ -285,6 +412,9 @@ class Supervisor:
             if key.data == SIGNALS_KEY:
                 with contextlib.suppress(BlockingIOError):
                     os.read(key.fd, 4096)  # the handlers queued the signals themselves
+                continue
+            if isinstance(key.data, HealthProbe):
+                self.read_probe(key.data)
                 continue
             stream: IO[bytes] = key.fileobj  # type: ignore[assignment]
             try:
@@ -308,13 +438,7 @@ class Supervisor:
     def _emit(self, lines: list[bytes]) -> None:
         """Write whole lines, redacted, in one write: under load one read carries several
         access-log lines, and a write plus flush each was a system call per request."""
-        # Until MLflow listens, every proxied request makes nginx log a refused upstream
-        # connection; the 503 it answers is logged anyway, so those lines are only noise.
-        kept = [
-            self.redact(line.decode("utf-8", errors="replace"))
-            for line in lines
-            if line and not (self.mlflow_ready is False and UPSTREAM_NOT_UP in line)
-        ]
+        kept = [self.redact(line.decode("utf-8", errors="replace")) for line in lines if line]
         if kept:
             sys.stdout.write("\n".join(kept) + "\n")
             sys.stdout.flush()
@@ -345,6 +469,7 @@ class Supervisor:
                 "MLFLOW_ENABLE_WORKSPACES": env.get("MLFLOW_ENABLE_WORKSPACES", "false"),
                 "_MLFLOW_HEROKU_DB_DESCRIPTION": settings.database_description,
                 "MLFLOW_HEROKU_DB_WAIT_SECONDS": str(settings.db_wait_seconds),
+                READ_TIMEOUT_VARIABLE: str(settings.proxy_read_timeout),
                 MIGRATED_FLAG_VARIABLE: str(self.migrated_flag),
                 SUPERVISOR_PID_VARIABLE: str(os.getpid()),
                 "PYTHONPATH": os.pathsep.join(
@@ -371,20 +496,30 @@ class Supervisor:
     def start_mlflow(self) -> None:
         """migrate and MLflow at once: MLflow's import overlaps the migration, and asgi.py
         holds the app back until the flag file exists, so it never serves an unmigrated
-        database."""
+        database. Requests meanwhile wait in the held ports' queues."""
         env = self.child_env()
         log(f"migrating the database ({self.settings.database_description})")
         self._spawn("migrate", [sys.executable, "-m", "mlflow_heroku_runtime.migrate"], env)
-        self._spawn("mlflow", self.mlflow_argv(), env)
+        listeners = [listener.fileno() for listener in self.held]
+        self._spawn("mlflow", self.mlflow_argv(listeners), env, pass_fds=listeners)
+        # MLflow holds the queues now. Without our copies, a MLflow that dies closes them, the
+        # kernel resets the connections still waiting and nginx answers those requests at
+        # once (503), instead of after its read timeout.
+        self.release_held_ports()
+        for port in self.plan.mlflow_ports:
+            self.probe(port)
         self.phase = Phase.MIGRATING
 
-    def mlflow_argv(self) -> list[str]:
+    def mlflow_argv(self, listeners: Sequence[int]) -> list[str]:
         """One worker: uvicorn alone, lighter than gunicorn's master plus one forked worker
         (docs/image.md, "Workers"). Two or more: gunicorn imports MLflow once and forks them.
-        Both run on plan.UVICORN_OPTIONS and MLflow's logging config."""
-        return self.uvicorn_argv() if self.settings.workers == 1 else self.gunicorn_argv()
+        Both serve the listening sockets the supervisor hands them (file descriptors, one per
+        port in slot order) and run on plan.UVICORN_OPTIONS and MLflow's logging config."""
+        if self.settings.workers == 1:
+            return self.uvicorn_argv(listeners[0])
+        return self.gunicorn_argv(listeners)
 
-    def gunicorn_argv(self) -> list[str]:
+    def gunicorn_argv(self, listeners: Sequence[int]) -> list[str]:
         """gunicorn's settings and the workers' are in forked_workers.py, read as gunicorn's
         --config; only this start's values are here."""
         return [
@@ -396,23 +531,22 @@ class Supervisor:
             "--workers",
             str(self.settings.workers),
             # One listener per worker, in slot order; each worker serves its own only.
-            *(f"--bind={LOOPBACK}:{port}" for port in self.plan.mlflow_ports),
+            # gunicorn's documented form for a socket it inherits, already listening.
+            *(f"--bind=fd://{listener}" for listener in listeners),
             # Its heartbeat files: the image's only writable place is the runtime directory.
             "--worker-tmp-dir",
             str(self.runtime_dir),
             "mlflow_heroku_runtime.asgi:app",
         ]
 
-    def uvicorn_argv(self) -> list[str]:
+    def uvicorn_argv(self, listener: int) -> list[str]:
         options = {**UVICORN_OPTIONS, "log_config": mlflow_uvicorn_log_config()}
         return [
             sys.executable,
             "-m",
             "uvicorn",
-            "--host",
-            LOOPBACK,
-            "--port",
-            str(self.plan.mlflow_ports[0]),
+            "--fd",  # the held socket of plan.mlflow_ports[0], already listening
+            str(listener),
             *uvicorn_command_line(options),
             "mlflow_heroku_runtime.asgi:app",
         ]
@@ -431,6 +565,10 @@ class Supervisor:
         """Graceful stop: nginx finishes in-flight requests (SIGQUIT), MLflow drains
         (SIGTERM); anything left after STOP_GRACE_SECONDS is killed."""
         code = self.stopping.code if self.stopping is not None else CHILD_FAILED_EXIT
+        self.release_held_ports()  # stopped before MLflow had them
+        for probe in list(self.probes.values()):
+            self.close_probe(probe)
+        self.probe_again_at.clear()
         signals = {"nginx": signal.SIGQUIT, "mlflow": signal.SIGTERM, "migrate": signal.SIGTERM}
         for name, process in self.children.items():
             if process.poll() is None:
@@ -463,12 +601,6 @@ def uvicorn_command_line(options: dict[str, str | int | bool]) -> list[str]:
         else:
             argv += [f"--{flag}", str(value)]
     return argv
-
-
-def port_taken(port: int) -> bool:
-    """Another program listens on 127.0.0.1:port (checked once MLflow is gone)."""
-    error = bind_error(LOOPBACK, port)
-    return error is not None and error.errno == errno.EADDRINUSE
 
 
 def nginx_env(preload: str | None) -> dict[str, str]:

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 from hypothesis import HealthCheck, assume, given, settings
@@ -27,8 +28,10 @@ from tests.support.services import (
     descendants,
     free_port,
     heroku_env,
+    migration_lock_held,
     mlflow_pid_of,
     mlflow_ports_of,
+    own_database,
     start_stack,
     wait_for_port,
 )
@@ -296,7 +299,12 @@ def test_nginx_death_stops_everything(postgres: PostgresCluster, s3: S3Server) -
         stack.stop()
 
 
-def test_unreachable_database_answers_503_then_exits(s3: S3Server) -> None:
+def test_unreachable_database_holds_requests_then_answers_them_503_and_exits(
+    s3: S3Server,
+) -> None:
+    """While the migration waits for the database, /health answers 503 at once and API
+    requests wait for MLflow; when the start fails, the waiting request gets nginx's 503 then,
+    not at its 28 s read timeout, and the entrypoint exits."""
     dead_port = free_port()
     password = "db-secret-for-this-test"
     env = heroku_env(
@@ -308,12 +316,38 @@ def test_unreachable_database_answers_503_then_exits(s3: S3Server) -> None:
     stack = start_stack(env, wait_ready=False)
     try:
         assert wait_for_port(stack.port, 10), stack.output()
+        asked = time.monotonic()
         health = requests.get(f"{stack.url}/health", timeout=10)
+        assert time.monotonic() - asked < 2  # the ready flag says so; nothing waits
         assert health.status_code == 503
         assert health.headers["Retry-After"] == "5"
+        answers: list[tuple[requests.Response, float]] = []
+        sent = time.monotonic()
+        waiting = threading.Thread(
+            target=lambda: answers.append(
+                (
+                    requests.post(
+                        f"{stack.url}{API}/experiments/search",
+                        json={"max_results": 1},
+                        auth=stack.auth,
+                        timeout=60,
+                    ),
+                    time.monotonic(),
+                )
+            )
+        )
+        waiting.start()
         code, seconds = wait_exit(stack, 30)
+        exited = time.monotonic()
+        waiting.join(10)
         assert code not in (0, None)
         assert seconds < 15  # a bounded wait, well inside Heroku's 60 s boot window
+        [(answer, answered)] = answers
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
+        assert answer.headers["Retry-After"] == "5"
+        assert answered - sent > 2  # it waited for MLflow instead of being refused
+        assert answered <= exited  # and was answered as the start failed, not at nginx's timeout
         output = stack.output()
         assert f"database 127.0.0.1:{dead_port}/mlflow unreachable" in output
         assert "giving up after 4 s (MLFLOW_HEROKU_DB_WAIT_SECONDS)" in output
@@ -375,7 +409,7 @@ def test_nginx_on_another_loopback_address_starts_and_serves(s3: S3Server) -> No
     stack = start_stack(env, wait_ready=False)
     try:
         deadline = time.monotonic() + 10
-        while "answering 503" not in stack.output() and time.monotonic() < deadline:
+        while "requests wait for MLflow" not in stack.output() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert f"nginx listening on port {port}" in stack.output()
         assert stack.process.poll() is None, stack.output()
@@ -515,10 +549,12 @@ def test_a_taken_port_stops_the_start_with_one_line(tmp_path: Path, mode: str) -
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_a_worker_port_taken_before_mlflow_binds_it_is_named(tmp_path: Path, workers: int) -> None:
-    """prepare chooses MLflow's loopback ports; MLflow binds them only after its import and
-    the migration. A program that takes one in between stops the start with a line naming
-    the port (not "MLflow exited unexpectedly"), exit 1, nothing left behind."""
+def test_mlflow_ports_hold_requests_from_before_nginx_listens(tmp_path: Path, workers: int) -> None:
+    """From the moment nginx listens, each of MLflow's ports accepts connections although
+    MLflow is still importing, /health says 503 at once, and a request sent then waits and is
+    answered 200 once MLflow serves. Only MLflow keeps the ports once it runs (a MLflow that
+    dies takes the waiting connections with it: the previous test). A port taken between
+    prepare's choice and the supervisor's bind is named (tests/image/test_supervisor.py)."""
     port = free_port()
     stack = start_stack(
         {"WEB_CONCURRENCY": str(workers)},
@@ -528,27 +564,90 @@ def test_a_worker_port_taken_before_mlflow_binds_it_is_named(tmp_path: Path, wor
         port=port,
     )
     try:
-        ports: list[int] = []
-        deadline = time.monotonic() + 15
-        while not ports and time.monotonic() < deadline and stack.process.poll() is None:
-            with contextlib.suppress(AssertionError):
-                ports = mlflow_ports_of(stack)
-            time.sleep(0.02)
-        assert len(ports) == workers, stack.output()
-        with socket.socket() as other:
-            other.bind(("127.0.0.1", ports[-1]))  # before MLflow's import has finished
-            other.listen()
-            code, _seconds = wait_exit(stack, 60)
-            output = stack.output()
-        assert code == 1, output[-3000:]
-        assert (
-            f"entrypoint: MLflow could not listen on 127.0.0.1:{ports[-1]}: another program "
-            "took that port after it was chosen"
-        ) in output, output[-3000:]
-        assert "exited unexpectedly" not in output
-        assert group_members(stack.process.pid) == []
+        assert wait_for_port(port, 15), stack.output()
+        ports = mlflow_ports_of(stack)
+        assert len(ports) == workers
+        for mlflow_port in ports:  # nothing of MLflow serves yet, but the port takes it
+            socket.create_connection(("127.0.0.1", mlflow_port), timeout=1).close()
+        # Answered by nginx without waiting: MLflow would have answered 200 once ready.
+        asked = time.monotonic()
+        health = requests.get(f"{stack.url}/health", timeout=10)
+        assert health.status_code == 503, (health.text, stack.output()[-2000:])
+        assert time.monotonic() - asked < 2, time.monotonic() - asked
+        login = ("mlflow", (tmp_path / ".local-data" / "password").read_text().strip())
+        before = stack.output()
+        answer = requests.post(
+            f"{stack.url}{API}/experiments/search",
+            json={"max_results": 1},
+            auth=login,
+            timeout=60,
+        )
+        assert answer.status_code == 200, (answer.text, stack.output()[-2000:])
+        # Sent before MLflow was ready, so it waited for it.
+        assert "MLflow ready after" not in before, before
+        assert "MLflow ready after" in stack.wait_for_output("MLflow ready after", 10)
+        assert requests.get(f"{stack.url}/health", timeout=10).status_code == 200
+        assert listening_ports(stack.process.pid) & set(ports) == set(), ports
+        assert listening_ports(mlflow_pid_of(stack)) >= set(ports), ports
     finally:
         stack.stop()
+
+
+def test_a_request_held_past_nginx_s_timeout_is_answered_504_and_never_run(
+    postgres: PostgresCluster, s3: S3Server
+) -> None:
+    """A boot longer than nginx's read timeout (here 5 s, while another process holds the
+    migration lock): the create waiting in MLflow's queue gets nginx's 504 at the timeout, and
+    when MLflow starts it does not run it (stale_requests.py), so no experiment exists that
+    the client was told had failed."""
+    with own_database(postgres, "held_too_long") as (name, database_url):
+        env = heroku_env(
+            port=free_port(),
+            database_url=database_url,
+            s3=s3,
+            WEB_CONCURRENCY="1",
+            MLFLOW_HEROKU_PROXY_READ_TIMEOUT="5",
+        )
+        with migration_lock_held(postgres, name):
+            stack = start_stack(env, wait_ready=False)
+            try:
+                assert wait_for_port(stack.port, 10), stack.output()
+                sent = time.monotonic()
+                answer = requests.post(
+                    f"{stack.url}{API}/experiments/create",
+                    json={"name": "held-too-long"},
+                    auth=stack.auth,
+                    timeout=30,
+                )
+                assert answer.status_code == 504, answer.text
+                assert answer.json()["error_code"] == "DEADLINE_EXCEEDED"
+                assert 4.5 < time.monotonic() - sent < 8
+            except BaseException:
+                stack.stop()
+                raise
+        try:
+            stack.wait_ready(90)
+            output = stack.wait_for_output("not running POST /api/2.0/mlflow/experiments/create")
+            assert "not running POST /api/2.0/mlflow/experiments/create: it waited" in output
+            found = requests.get(
+                f"{stack.url}{API}/experiments/get-by-name",
+                params={"experiment_name": "held-too-long"},
+                auth=stack.auth,
+                timeout=30,
+            )
+            assert found.status_code == 404, found.text
+            assert found.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
+        finally:
+            stack.stop()
+
+
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports process pid has a listening socket on."""
+    return {
+        connection.laddr.port
+        for connection in psutil.Process(pid).net_connections("tcp")
+        if connection.status == psutil.CONN_LISTEN
+    }
 
 
 def test_a_stack_that_cannot_launch_leaves_nothing_behind(tmp_path: Path) -> None:

@@ -108,8 +108,14 @@ def test_postgres_down_at_boot_answers_503_then_exits(s3: S3Server) -> None:
             health = requests.get(f"{stack.url}/health", timeout=5)
             assert health.status_code == 503
             assert health.headers.get("Retry-After"), "503 without Retry-After"
-            api = requests.get(f"{stack.url}{READY_PATH}", auth=stack.auth, timeout=5)
+            # An API request waits for MLflow, and gets nginx's 503 when the start gives up.
+            sent = time.monotonic()
+            api = requests.get(
+                f"{stack.url}{READY_PATH}", auth=stack.auth, timeout=BOOT_WAIT_SECONDS + 30
+            )
             assert api.status_code == 503
+            assert api.headers.get("Retry-After"), "503 without Retry-After"
+            assert time.monotonic() - sent > 2, "answered at once: it was not held"
 
             code = stack.process.wait(BOOT_WAIT_SECONDS + 30)
             exited_after = time.monotonic() - launched

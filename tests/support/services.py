@@ -28,6 +28,10 @@ also when the body raises:
   ``MLFLOW_HEROKU_NGINX_PRELOAD`` is in this process's environment (tests/conftest.py sets it).
 - ``wait_for_port(port, timeout)``, ``descendants(pid)``, ``tree_pss_mb(pid)``: waiting for a
   listener, a process tree, and the proportional set size of a process and its descendants.
+- ``own_database(cluster, prefix)``: a fresh database; ``migration_lock_held(cluster, name)``:
+  the image's migration lock held there, so a stack booting meanwhile waits (a slow boot).
+- ``mlflow_ports_of(stack)``, ``runtime_dir_of(stack)``: MLflow's loopback ports (from the
+  stack's nginx.conf) and its runtime directory.
 
 Failed logins count against nginx's per-client rate limit (the shared test stack allows 120 a
 minute): send a distinct ``X-Forwarded-For`` with deliberate unauthenticated probes.
@@ -276,6 +280,26 @@ def own_database(
         yield name, database_url(cluster, name, owner)
     finally:
         sql(cluster, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def migration_lock_held(cluster: PostgresCluster, database: str) -> Iterator[None]:
+    """The image's migration lock (migrate.py's advisory lock) held on ``database``, as another
+    booting dyno's migration holds it: a stack started meanwhile waits to migrate, with MLflow
+    held back, until the block ends."""
+    import psycopg
+    from mlflow_heroku_runtime.migrate import MIGRATION_LOCK_KEY  # the image's package
+
+    with psycopg.connect(
+        host=LOOPBACK,
+        port=cluster.port,
+        user=cluster.user,
+        password=cluster.password,
+        dbname=database,
+        autocommit=True,
+    ) as connection:
+        connection.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        yield
 
 
 # --------------------------------------------------------------------------- S3 (moto)
@@ -681,21 +705,27 @@ def mlflow_pid_of(stack: Stack) -> int:
     raise AssertionError("no uvicorn or gunicorn process in the stack")
 
 
-def mlflow_ports_of(stack: Stack) -> list[int]:
-    """The loopback ports of the stack's MLflow, from the command line of its uvicorn (one
-    worker: --port) or gunicorn (forked workers: one --bind=127.0.0.1:port each, in slot
-    order)."""
+def runtime_dir_of(stack: Stack) -> Path:
+    """The stack's private runtime directory (nginx.conf, the flag files): nginx's ``-p``."""
     for pid in descendants(stack.process.pid):
         try:
             argv = psutil.Process(pid).cmdline()
         except psutil.Error:
             continue
-        if "uvicorn" in argv and "--port" in argv:
-            return [int(argv[argv.index("--port") + 1])]
-        binds = [arg.rsplit(":", 1)[1] for arg in argv if arg.startswith("--bind=")]
-        if "gunicorn" in argv and binds:
-            return [int(port) for port in binds]
-    raise AssertionError("no uvicorn child with --port, nor gunicorn with --bind")
+        if argv and argv[0].startswith("nginx") and "-p" in argv:
+            return Path(argv[argv.index("-p") + 1])
+    raise AssertionError("no nginx with -p in the stack")
+
+
+def mlflow_ports_of(stack: Stack) -> list[int]:
+    """The loopback ports of the stack's MLflow workers, in slot order: the upstream servers
+    of its nginx.conf (the supervisor hands MLflow their sockets, so no command line names
+    them)."""
+    config = (runtime_dir_of(stack) / "nginx.conf").read_text()
+    upstream = config[config.index("upstream mlflow {") :]
+    upstream = upstream[: upstream.index("}")]
+    ports = [int(port) for port in re.findall(r"server 127\.0\.0\.1:(\d+)", upstream)]
+    return list(dict.fromkeys(ports))  # the backup entries repeat the same ports
 
 
 def tree_pss_mb(pid: int) -> float:
