@@ -556,3 +556,122 @@ def _check_starlette_wsgi_deprecation() -> None:
     assert spec.origin is not None, "starlette.middleware.wsgi has no source file"
     with open(spec.origin, encoding="utf-8") as source:
         assert f'"{STARLETTE_WSGI_DEPRECATION}' in source.read(), "its warning's text changed"
+
+
+# ----------------------------------------------------------------------------- MLflow's auth app
+# (accounts mode: accounts.py, asgi.py). `mlflow server --app-name basic-auth` runs it; the
+# runtime runs its app factory itself (public: the "basic-auth" entry point of "mlflow.app").
+
+# `mlflow server --app-name basic-auth` creates the admin once, then tells its workers so
+# through this variable; the runtime's migration step does the same (accounts.py).
+ADMIN_BOOTSTRAPPED_VARIABLE = "_MLFLOW_AUTH_ADMIN_BOOTSTRAPPED"
+
+
+@internal(
+    "mlflow",
+    f"{ADMIN_BOOTSTRAPPED_VARIABLE} (workers skip the admin bootstrap)",
+    "only this variable keeps every worker from creating the admin again, as "
+    "`mlflow server --app-name basic-auth` does for its workers",
+)
+def _check_admin_bootstrapped_variable() -> None:
+    import mlflow.environment_variables as variables
+    import mlflow.server.auth as auth
+
+    assert variables._MLFLOW_AUTH_ADMIN_BOOTSTRAPPED.name == ADMIN_BOOTSTRAPPED_VARIABLE
+    source = inspect.getsource(auth._init_store_for_app)
+    assert "_MLFLOW_AUTH_ADMIN_BOOTSTRAPPED.get()" in source, "the workers no longer read it"
+    assert "bootstrap_admin_user()" in source, "the bootstrap it skips moved"
+
+
+# MLflow's public default for MLFLOW_CRYPTO_KEK_PASSPHRASE (mlflow/utils/crypto.py), which the
+# settings refuse by value. Here so the light prepare step needs no MLflow import.
+MLFLOW_DEFAULT_KEK_PASSPHRASE = "mlflow-default-kek-passphrase-for-development-only"  # noqa: S105
+
+
+@internal(
+    "mlflow",
+    "mlflow.utils.crypto.DEFAULT_KEK_PASSPHRASE",
+    "the settings refuse MLflow's public default passphrase by its value",
+)
+def _check_default_kek_passphrase() -> None:
+    from mlflow.utils import crypto
+
+    assert crypto.DEFAULT_KEK_PASSPHRASE == MLFLOW_DEFAULT_KEK_PASSPHRASE, "it changed"
+    assert crypto.CRYPTO_KEK_PASSPHRASE_ENV_VAR == "MLFLOW_CRYPTO_KEK_PASSPHRASE"  # noqa: S105
+
+
+def upgrade_accounts_schema(url: str) -> None:
+    """What ``python -m mlflow.server.auth db upgrade --url URL`` does: create the auth app's
+    tables (users, roles, permissions; Alembic table alembic_version_auth) or bring them to
+    the newest revision."""
+    from mlflow.server.auth.db.cli import upgrade
+
+    if upgrade.callback is None:  # the installed-version check names this too
+        raise RuntimeError("the auth db upgrade command has no callback: see test_internals.py")
+    upgrade.callback(url, "head")
+
+
+@internal(
+    "mlflow",
+    "mlflow.server.auth.db.cli.upgrade.callback (the body of `python -m mlflow.server.auth db "
+    "upgrade`)",
+    "the auth app migrates its schema otherwise only inside every worker's start, outside the "
+    "runtime's migration lock",
+)
+def _check_accounts_upgrade_command() -> None:
+    import click
+    from mlflow.server.auth.db.cli import upgrade
+
+    assert isinstance(upgrade, click.Command), f"it is a {type(upgrade)}"
+    assert [parameter.name for parameter in upgrade.params] == ["url", "revision"], upgrade.params
+    assert upgrade.callback is not None, "the command has no callback"
+    assert list(inspect.signature(upgrade.callback).parameters) == ["url", "revision"]
+
+
+# The auth store's methods accounts.py calls, with their parameters (self left out).
+ACCOUNTS_STORE_METHODS = {
+    "init_db": ["db_uri", "read_db_uri"],
+    "has_user": ["username", "use_primary"],
+    "get_user": ["username"],
+    "create_user": ["username", "password", "is_admin"],
+    "update_user": ["username", "password", "is_admin"],
+    "delete_user": ["username"],
+    "authenticate_user": ["username", "password", "use_primary"],
+    "create_role": ["name", "workspace", "description"],
+    "get_role_by_name": ["workspace", "name"],
+    "list_role_permissions": ["role_id"],
+    "add_role_permission": ["role_id", "resource_type", "resource_pattern", "permission"],
+    "remove_role_permission": ["role_permission_id"],
+    "list_user_roles": ["user_id"],
+    "assign_role_to_user": ["user_id", "role_id"],
+    "unassign_role_from_user": ["user_id", "role_id"],
+}
+
+
+def accounts_store(url: str) -> Any:
+    """The auth app's user and role store on ``url``, opened (the schema must be current)."""
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+    store = SqlAlchemyStore()
+    store.init_db(url)
+    return store
+
+
+def close_accounts_store(store: Any) -> None:
+    """Close the connections of a store from ``accounts_store``."""
+    store.engine.dispose()
+
+
+@internal(
+    "mlflow",
+    "mlflow.server.auth.sqlalchemy_store.SqlAlchemyStore (users, roles, role permissions)",
+    "the auth app offers its users and roles only over HTTP, and the migration step runs "
+    "before any server does",
+)
+def _check_accounts_store() -> None:
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+    for method, parameters in ACCOUNTS_STORE_METHODS.items():
+        found = list(inspect.signature(getattr(SqlAlchemyStore, method)).parameters)[1:]
+        assert found == parameters, f"{method} takes {found}, not {parameters}"
+    assert "self.engine = " in inspect.getsource(SqlAlchemyStore.init_db), "its engine moved"

@@ -104,7 +104,7 @@ def main() -> int:
 
     started = time.monotonic()
     try:
-        from . import internals
+        from . import accounts, internals
 
         with engine.connect() as connection:
             # Held until the upgrade is done, so every other dyno (or an old and a new release
@@ -116,6 +116,8 @@ def main() -> int:
             connection.commit()
             # What `mlflow db upgrade` does, by its own code (internals.py says why).
             internals.upgrade_database_schema(url)
+            # Accounts mode: the auth app's schema and the people as code, by the same writer.
+            accounts.migrate_and_sync(url, os.environ)
     except Exception as error:
         log(f"schema migration of {where} failed: {_reason(error)}")
         return MIGRATION_FAILED

@@ -47,6 +47,7 @@ from .migrate import MIGRATED_FLAG_VARIABLE, SUPERVISOR_PID_VARIABLE
 from .plan import (
     FORKED_WORKERS_VARIABLE,
     LOOPBACK,
+    MIGRATION_ONLY_VARIABLES,
     UVICORN_OPTIONS,
     Plan,
     argument_parser,
@@ -333,8 +334,10 @@ class Supervisor:
         env = {
             key: value
             for key, value in os.environ.items()
-            # Children never need the login or the raw add-on URL.
+            # Children never need the login or the raw add-on URL; the accounts' admin and
+            # people are for the migration step alone (start_mlflow).
             if key not in ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_USERNAME", "DATABASE_URL")
+            and key not in MIGRATION_ONLY_VARIABLES
         }
         env.update(settings.mlflow_env)
         env.update(
@@ -374,7 +377,11 @@ class Supervisor:
         database."""
         env = self.child_env()
         log(f"migrating the database ({self.settings.database_description})")
-        self._spawn("migrate", [sys.executable, "-m", "mlflow_heroku_runtime.migrate"], env)
+        self._spawn(
+            "migrate",
+            [sys.executable, "-m", "mlflow_heroku_runtime.migrate"],
+            {**env, **migration_only_environment()},
+        )
         self._spawn("mlflow", self.mlflow_argv(), env)
         self.phase = Phase.MIGRATING
 
@@ -450,6 +457,11 @@ class Supervisor:
         self.drain()
         log(f"stopped (exit {code})")
         return code
+
+
+def migration_only_environment() -> dict[str, str]:
+    """The variables only the migration step gets (the accounts' admin and people)."""
+    return {name: os.environ[name] for name in MIGRATION_ONLY_VARIABLES if name in os.environ}
 
 
 def uvicorn_command_line(options: dict[str, str | int | bool]) -> list[str]:
