@@ -83,7 +83,9 @@ def login_checking_app() -> Any:
     declared = entry_points(group="mlflow.app", name="basic-auth")
     factories = {entry.value: entry for entry in declared}
     (factory,) = factories.values()
-    return factory.load()()
+    app = factory.load()()
+    internals.cache_authorization_lookups()
+    return app
 
 
 def keep_database_connections_out_of_forks() -> None:

@@ -10,6 +10,7 @@ reach into another package's private names: the same test scans the runtime's so
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
 import importlib.util
@@ -675,3 +676,136 @@ def _check_accounts_store() -> None:
         found = list(inspect.signature(getattr(SqlAlchemyStore, method)).parameters)[1:]
         assert found == parameters, f"{method} takes {found}, not {parameters}"
     assert "self.engine = " in inspect.getsource(SqlAlchemyStore.init_db), "its engine moved"
+
+
+def cache_authorization_lookups() -> None:
+    """Keep what MLflow's auth app looks up for each request's permission check in this
+    worker for as long as its own credential cache keeps a checked login
+    (``auth_cache_ttl_seconds`` of its config, MLFLOW_HEROKU_AUTH_CACHE_TTL_SECONDS; 0: off).
+
+    Without this, each tracking call costs the check about ten queries: the caller's account
+    (twice), its grants, and the whole run (params, tags, metrics) only to learn its
+    experiment; that tripled a log-metric's CPU time (docs/image.md, "Accounts"). Cached:
+
+    * an account by name and its grants, for that long, cleared in this worker by any write
+      to the auth store here (a password, an admin flag, a deletion, a grant, a role); other
+      workers see a change within that time, as with MLflow's credential cache;
+    * a run's experiment, which never changes, with no time limit.
+    """
+    import threading
+    import types
+
+    import mlflow.server.auth as auth
+    from cachetools import LRUCache, TTLCache
+
+    ttl_seconds = auth.auth_config.auth_cache_ttl_seconds
+    if ttl_seconds <= 0:
+        return
+
+    store = auth.store
+    lock = threading.Lock()
+    accounts: TTLCache[str, Any] = TTLCache(maxsize=10_000, ttl=ttl_seconds)
+    grants: TTLCache[tuple[Any, ...], tuple[Any, ...]] = TTLCache(maxsize=10_000, ttl=ttl_seconds)
+    writes = [0]  # a write between a lookup and its caching voids that entry
+    read_account, read_grants, open_session = (
+        store.get_user,
+        store.list_grants,
+        store.ManagedSessionMaker,
+    )
+
+    def cached(cache: Any, key: Any, read: Callable[[], Any]) -> Any:
+        with lock:
+            found = cache.get(key)
+            before = writes[0]
+        if found is None:
+            found = read()  # raises for an unknown account: nothing is cached then
+            with lock:
+                if writes[0] == before:
+                    cache[key] = found
+        return found
+
+    def get_user(username: str) -> Any:
+        return cached(accounts, username, lambda: read_account(username))
+
+    def list_grants(user_id: int, workspace: str, resource_types: Any) -> list[Any]:
+        key = (user_id, workspace, frozenset(resource_types))
+        return list(cached(grants, key, lambda: tuple(read_grants(user_id, workspace, key[2]))))
+
+    @contextlib.contextmanager
+    def session(read_only: bool = True) -> Any:
+        try:
+            with open_session(read_only=read_only) as opened:
+                yield opened
+        finally:
+            if not read_only:
+                with lock:
+                    writes[0] += 1
+                    accounts.clear()
+                    grants.clear()
+
+    store.get_user, store.list_grants, store.ManagedSessionMaker = get_user, list_grants, session
+
+    tracking_store = auth._get_tracking_store
+    experiment_of_run: LRUCache[str, str] = LRUCache(maxsize=50_000)
+
+    class RunExperiments:
+        """The tracking store as the auth checks see it: a run is only its experiment."""
+
+        def __init__(self, store: Any) -> None:
+            self.store = store
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.store, name)
+
+        def get_run(self, run_id: str) -> Any:
+            with lock:
+                experiment_id = experiment_of_run.get(run_id)
+            if experiment_id is None:
+                experiment_id = self.store.get_run(run_id).info.experiment_id
+                with lock:
+                    experiment_of_run[run_id] = experiment_id
+            return types.SimpleNamespace(
+                info=types.SimpleNamespace(run_id=run_id, experiment_id=experiment_id)
+            )
+
+    auth._get_tracking_store = lambda: RunExperiments(tracking_store())
+
+
+@internal(
+    "mlflow",
+    "mlflow.server.auth.store (get_user, list_grants, ManagedSessionMaker) and "
+    "mlflow.server.auth._get_tracking_store (get_run: only a run's experiment)",
+    "the auth app looks the account, its grants and the whole run up again on every request "
+    "and offers no cache for them",
+)
+def _check_authorization_lookups() -> None:
+    import re
+
+    import mlflow.server.auth as auth
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+    from mlflow.store.db import utils
+
+    assert isinstance(auth.store, SqlAlchemyStore), "the auth app's store moved"
+    assert isinstance(auth.auth_config.auth_cache_ttl_seconds, int), "its cache setting moved"
+    parameters = list(inspect.signature(SqlAlchemyStore.list_grants).parameters)
+    assert parameters == ["self", "user_id", "workspace", "resource_types"], parameters
+    assert "self.ManagedSessionMaker = " in inspect.getsource(SqlAlchemyStore.init_db)
+    assert "def make_managed_session(read_only=True)" in inspect.getsource(
+        utils._get_managed_session_maker
+    ), "sessions are no longer marked read-only by default"
+    writes = inspect.getsource(SqlAlchemyStore).count("ManagedSessionMaker(read_only=False)")
+    assert writes >= 20, f"the store writes through {writes} sessions marked so: others exist"
+    # Every run the auth checks fetch is only asked for its experiment.
+    fetching = (
+        "_run_requirement",
+        "validate_can_read_metric_history_bulk",
+        "_graphql_get_permission_for_run",
+    )
+    fetches = len(re.findall(r"\.get_run\b", inspect.getsource(auth)))
+    assert fetches == len(fetching), f"the auth app fetches runs in {fetches} places"
+    for name in fetching:
+        source = inspect.getsource(getattr(auth, name))
+        asked = set(re.findall(r"\brun\.(\w+\.\w+)", source))
+        asked |= set(re.findall(r"get_run\(\w+\)\.(\w+\.\w+)", source))
+        assert asked == {"info.experiment_id"}, f"{name} reads {asked} of a run"
+    assert callable(auth._get_tracking_store), "_get_tracking_store is gone"

@@ -118,6 +118,16 @@ def _break_accounts_store(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(SqlAlchemyStore, "delete_user", delete_user)
 
 
+def _break_authorization_lookups(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow.server.auth as auth
+
+    def run_requirement(run_id: str, action: str) -> object:
+        run = auth._get_tracking_store().get_run(run_id)
+        return run.info.lifecycle_stage  # a run's other fields, which the cache leaves out
+
+    monkeypatch.setattr(auth, "_run_requirement", run_requirement)
+
+
 # How an upgrade could break each entry. Every registered entry needs one (see the test below):
 # a check that cannot fail proves nothing.
 BREAKERS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
@@ -164,6 +174,10 @@ BREAKERS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "upgrade`)": _break_accounts_upgrade_command,
     "mlflow.server.auth.sqlalchemy_store.SqlAlchemyStore (users, roles, role permissions)": (
         _break_accounts_store
+    ),
+    "mlflow.server.auth.store (get_user, list_grants, ManagedSessionMaker) and "
+    "mlflow.server.auth._get_tracking_store (get_run: only a run's experiment)": (
+        _break_authorization_lookups
     ),
 }
 
