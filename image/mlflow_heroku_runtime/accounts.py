@@ -147,7 +147,7 @@ def sync_admin(store: Any, username: str, password: str) -> str:
         store.create_user(username, password, is_admin=True)
         log(f"created the admin account {username}")
         return "created"
-    changes = {}
+    changes: dict[str, Any] = {}
     if not store.get_user(username).is_admin:
         changes["is_admin"] = True
     if not store.authenticate_user(username, password, use_primary=True):

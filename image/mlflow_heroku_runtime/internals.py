@@ -654,7 +654,7 @@ def accounts_store(url: str) -> Any:
     from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
 
     store = SqlAlchemyStore()
-    store.init_db(url)
+    store.init_db(url)  # type: ignore[no-untyped-call]
     return store
 
 
@@ -695,9 +695,10 @@ def cache_authorization_lookups() -> None:
     import threading
     import types
 
-    import mlflow.server.auth as auth
+    import mlflow.server.auth
     from cachetools import LRUCache, TTLCache
 
+    auth: Any = mlflow.server.auth  # its names are undocumented
     ttl_seconds = auth.auth_config.auth_cache_ttl_seconds
     if ttl_seconds <= 0:
         return
@@ -781,7 +782,9 @@ def cache_authorization_lookups() -> None:
 def _check_authorization_lookups() -> None:
     import re
 
-    import mlflow.server.auth as auth
+    import mlflow.server.auth
+
+    auth: Any = mlflow.server.auth
     from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
     from mlflow.store.db import utils
 

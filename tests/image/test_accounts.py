@@ -21,6 +21,7 @@ from mlflow_heroku_runtime.accounts import (
 )
 from mlflow_heroku_runtime.database_url import to_sqlalchemy_url
 from mlflow_heroku_runtime.errors import ConfigError
+from mlflow_heroku_runtime.settings import Person
 
 from tests.support.services import ENTRYPOINT, PostgresCluster, own_database, sql
 
@@ -224,8 +225,8 @@ def test_a_sync_cut_short_is_finished_by_the_next(
     sync(url, {})
     ledger = accounts.ManagedAccounts(url)
     try:
-        ledger.record(accounts.Person("ana", "editor"))
-        ledger.record(accounts.Person("bo", "reader"))
+        ledger.record(Person("ana", "editor"))
+        ledger.record(Person("bo", "reader"))
     finally:
         ledger.close()
     report = sync(url, {"ana": "editor"})

@@ -482,7 +482,7 @@ def test_the_admin_creates_a_user_who_gets_the_default_then_a_grant(
         )
     )
     run, experiment = editors_things["run"], editors_things["experiment"]
-    metric = {"json": {"run_id": run, "key": "dana", "value": 1, "timestamp": 0}}
+    metric: dict[str, Any] = {"json": {"run_id": run, "key": "dana", "value": 1, "timestamp": 0}}
     first, second = (f"http://127.0.0.1:{port}" for port in mlflow_ports_of(stack))
     for worker in (first, second):
         reading = call(stack, "GET", f"/api/2.0/mlflow/runs/get?run_id={run}", login, base=worker)

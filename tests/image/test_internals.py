@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from mlflow_heroku_runtime import internals
@@ -119,7 +120,9 @@ def _break_accounts_store(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _break_authorization_lookups(monkeypatch: pytest.MonkeyPatch) -> None:
-    import mlflow.server.auth as auth
+    import mlflow.server.auth
+
+    auth: Any = mlflow.server.auth
 
     def run_requirement(run_id: str, action: str) -> object:
         run = auth._get_tracking_store().get_run(run_id)
