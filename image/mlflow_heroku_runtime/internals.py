@@ -288,8 +288,8 @@ SERVER_ENVIRONMENT_NAMES = {
     "_MLFLOW_SGI_NAME": "_MLFLOW_SGI_NAME",
 }
 # What _run_server sets only for options this image does not use (read replica, artifacts-only
-# mode, static prefix, Prometheus, the secrets cache, a Flask secret key, the basic-auth app,
-# and job execution: this launch starts no job runner).
+# mode, static prefix, Prometheus, the secrets cache, and job execution: this launch starts no
+# job runner), and the basic-auth app's two, which accounts mode sets itself (settings.py).
 SERVER_ENVIRONMENT_UNUSED = frozenset(
     {
         "HUEY_STORAGE_PATH_ENV_VAR",
