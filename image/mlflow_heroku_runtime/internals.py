@@ -687,11 +687,14 @@ def cache_authorization_lookups() -> None:
     (twice), its grants, and the whole run (params, tags, metrics) only to learn its
     experiment; that tripled a log-metric's CPU time (docs/image.md, "Accounts"). Cached:
 
-    * an account by name and its grants, for that long, cleared in this worker by any write
-      to the auth store here (a password, an admin flag, a deletion, a grant, a role); other
-      workers see a change within that time, as with MLflow's credential cache;
+    * an account by name, for that long, cleared in this worker by any write to the auth store
+      here (a password, an admin flag, a deletion); other workers see a change within that
+      time, as with MLflow's credential cache;
     * a run's experiment, which never changes, with no time limit.
-    """
+
+    Grants are read afresh for each check (one query): a permission given in one worker must
+    work at once in the others (an account that creates an experiment is given MANAGE on it,
+    and its next call may reach another worker)."""
     import threading
     import types
 
@@ -706,31 +709,19 @@ def cache_authorization_lookups() -> None:
     store = auth.store
     lock = threading.Lock()
     accounts: TTLCache[str, Any] = TTLCache(maxsize=10_000, ttl=ttl_seconds)
-    grants: TTLCache[tuple[Any, ...], tuple[Any, ...]] = TTLCache(maxsize=10_000, ttl=ttl_seconds)
     writes = [0]  # a write between a lookup and its caching voids that entry
-    read_account, read_grants, open_session = (
-        store.get_user,
-        store.list_grants,
-        store.ManagedSessionMaker,
-    )
-
-    def cached(cache: Any, key: Any, read: Callable[[], Any]) -> Any:
-        with lock:
-            found = cache.get(key)
-            before = writes[0]
-        if found is None:
-            found = read()  # raises for an unknown account: nothing is cached then
-            with lock:
-                if writes[0] == before:
-                    cache[key] = found
-        return found
+    read_account, open_session = store.get_user, store.ManagedSessionMaker
 
     def get_user(username: str) -> Any:
-        return cached(accounts, username, lambda: read_account(username))
-
-    def list_grants(user_id: int, workspace: str, resource_types: Any) -> list[Any]:
-        key = (user_id, workspace, frozenset(resource_types))
-        return list(cached(grants, key, lambda: tuple(read_grants(user_id, workspace, key[2]))))
+        with lock:
+            found = accounts.get(username)
+            before = writes[0]
+        if found is None:
+            found = read_account(username)  # raises for an unknown account: nothing cached
+            with lock:
+                if writes[0] == before:
+                    accounts[username] = found
+        return found
 
     @contextlib.contextmanager
     def session(read_only: bool = True) -> Any:
@@ -742,9 +733,8 @@ def cache_authorization_lookups() -> None:
                 with lock:
                     writes[0] += 1
                     accounts.clear()
-                    grants.clear()
 
-    store.get_user, store.list_grants, store.ManagedSessionMaker = get_user, list_grants, session
+    store.get_user, store.ManagedSessionMaker = get_user, session
 
     tracking_store = auth._get_tracking_store
     experiment_of_run: LRUCache[str, str] = LRUCache(maxsize=50_000)
@@ -774,10 +764,10 @@ def cache_authorization_lookups() -> None:
 
 @internal(
     "mlflow",
-    "mlflow.server.auth.store (get_user, list_grants, ManagedSessionMaker) and "
+    "mlflow.server.auth.store (get_user, ManagedSessionMaker) and "
     "mlflow.server.auth._get_tracking_store (get_run: only a run's experiment)",
-    "the auth app looks the account, its grants and the whole run up again on every request "
-    "and offers no cache for them",
+    "the auth app looks the account and the whole run up again on every request and offers no "
+    "cache for them",
 )
 def _check_authorization_lookups() -> None:
     import re
@@ -790,8 +780,8 @@ def _check_authorization_lookups() -> None:
 
     assert isinstance(auth.store, SqlAlchemyStore), "the auth app's store moved"
     assert isinstance(auth.auth_config.auth_cache_ttl_seconds, int), "its cache setting moved"
-    parameters = list(inspect.signature(SqlAlchemyStore.list_grants).parameters)
-    assert parameters == ["self", "user_id", "workspace", "resource_types"], parameters
+    parameters = list(inspect.signature(SqlAlchemyStore.get_user).parameters)
+    assert parameters == ["self", "username"], parameters
     assert "self.ManagedSessionMaker = " in inspect.getsource(SqlAlchemyStore.init_db)
     assert "def make_managed_session(read_only=True)" in inspect.getsource(
         utils._get_managed_session_maker
