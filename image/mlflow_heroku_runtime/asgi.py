@@ -1,6 +1,9 @@
 """The ASGI app uvicorn serves: MLflow's FastAPI app behind ``ScrubDatabaseErrors``, with the
 tracking REST API and Flask's file routes sent straight to MLflow's Flask app (see
-``FlaskShortcut``).
+``FlaskShortcut``). In accounts mode (MLFLOW_HEROKU_LOGIN_MODE=accounts) the FastAPI app is
+the one MLflow's basic-auth app factory makes, with its permission middleware; the factory
+also hooks its login and permission checks into the Flask app itself, so the shortcut to
+Flask runs them too (tests/image/test_image_accounts.py).
 
 Importing this module waits for the supervisor's migration flag (``migrate.wait_for_migration``),
 opens MLflow's stores and freezes the garbage collector's view of everything imported (see
@@ -14,6 +17,7 @@ import os
 import sys
 import warnings
 import weakref
+from importlib.metadata import entry_points
 from typing import Any
 
 import sqlalchemy
@@ -31,7 +35,7 @@ from mlflow.server.fastapi_app import app as mlflow_app  # noqa: E402
 from .error_filter import ScrubDatabaseErrors  # noqa: E402
 from .flask_shortcut import FlaskShortcut  # noqa: E402
 from .migrate import wait_for_migration  # noqa: E402
-from .plan import FORKED_WORKERS_VARIABLE  # noqa: E402
+from .plan import ACCOUNTS_LOGIN, FORKED_WORKERS_VARIABLE  # noqa: E402
 from .settings import DEFAULTS  # noqa: E402
 from .stale_requests import READ_TIMEOUT_VARIABLE, DropStaleRequests  # noqa: E402
 from .wsgi_bridge import WsgiBridge  # noqa: E402
@@ -53,8 +57,6 @@ def warm_up_and_freeze() -> None:
     docs/image.md, "Process layout and why".)
     """
     forked = os.environ.get(FORKED_WORKERS_VARIABLE) == "1"
-    if forked:
-        keep_database_connections_out_of_forks()
     try:
         internals.open_tracking_store()
         if forked:
@@ -69,6 +71,22 @@ def warm_up_and_freeze() -> None:
         close_own_database_connections()
     gc.collect()
     gc.freeze()
+
+
+def login_checking_app() -> Any:
+    """MLflow's FastAPI app: as `mlflow server` serves it, or, in accounts mode, as
+    `mlflow server --app-name basic-auth` does (the app factory of that entry point, called
+    once the schema is migrated: it opens the auth store, which must hold no connection
+    across a fork)."""
+    if os.environ.get("MLFLOW_HEROKU_LOGIN_MODE") != ACCOUNTS_LOGIN:
+        return mlflow_app
+    # mlflow and mlflow-skinny each declare the entry point: one factory, named twice.
+    declared = entry_points(group="mlflow.app", name="basic-auth")
+    factories = {entry.value: entry for entry in declared}
+    (factory,) = factories.values()
+    app = factory.load()()
+    internals.cache_authorization_lookups()
+    return app
 
 
 def keep_database_connections_out_of_forks() -> None:
@@ -107,11 +125,14 @@ def forget_inherited_database_connections() -> None:
 # MLflow touches the database only on the first request, never at import: hold the app back
 # until the supervisor says the schema is current.
 wait_for_migration()
+if os.environ.get(FORKED_WORKERS_VARIABLE) == "1":
+    keep_database_connections_out_of_forks()  # before any store opens a connection
+served_app = login_checking_app()
 warm_up_and_freeze()
 app = DropStaleRequests(  # those that waited out nginx's timeout in the queue during the boot
     ScrubDatabaseErrors(
         FlaskShortcut(
-            mlflow_app,
+            served_app,
             WsgiBridge(flask_app),
             # One tracking call at a time per pooled connection (settings.py sets the size).
             concurrent_calls=int(

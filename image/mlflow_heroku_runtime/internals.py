@@ -10,6 +10,7 @@ reach into another package's private names: the same test scans the runtime's so
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
 import importlib.util
@@ -315,8 +316,8 @@ SERVER_ENVIRONMENT_NAMES = {
     "_MLFLOW_SGI_NAME": "_MLFLOW_SGI_NAME",
 }
 # What _run_server sets only for options this image does not use (read replica, artifacts-only
-# mode, static prefix, Prometheus, the secrets cache, a Flask secret key, the basic-auth app,
-# and job execution: this launch starts no job runner).
+# mode, static prefix, Prometheus, the secrets cache, and job execution: this launch starts no
+# job runner), and the basic-auth app's two, which accounts mode sets itself (settings.py).
 SERVER_ENVIRONMENT_UNUSED = frozenset(
     {
         "HUEY_STORAGE_PATH_ENV_VAR",
@@ -584,3 +585,248 @@ def _check_starlette_wsgi_deprecation() -> None:
     assert spec.origin is not None, "starlette.middleware.wsgi has no source file"
     with open(spec.origin, encoding="utf-8") as source:
         assert f'"{STARLETTE_WSGI_DEPRECATION}' in source.read(), "its warning's text changed"
+
+
+# ----------------------------------------------------------------------------- MLflow's auth app
+# (accounts mode: accounts.py, asgi.py). `mlflow server --app-name basic-auth` runs it; the
+# runtime runs its app factory itself (public: the "basic-auth" entry point of "mlflow.app").
+
+# `mlflow server --app-name basic-auth` creates the admin once, then tells its workers so
+# through this variable; the runtime's migration step does the same (accounts.py).
+ADMIN_BOOTSTRAPPED_VARIABLE = "_MLFLOW_AUTH_ADMIN_BOOTSTRAPPED"
+
+
+@internal(
+    "mlflow",
+    f"{ADMIN_BOOTSTRAPPED_VARIABLE} (workers skip the admin bootstrap)",
+    "only this variable keeps every worker from creating the admin again, as "
+    "`mlflow server --app-name basic-auth` does for its workers",
+)
+def _check_admin_bootstrapped_variable() -> None:
+    import mlflow.environment_variables as variables
+    import mlflow.server.auth as auth
+
+    assert variables._MLFLOW_AUTH_ADMIN_BOOTSTRAPPED.name == ADMIN_BOOTSTRAPPED_VARIABLE
+    source = inspect.getsource(auth._init_store_for_app)
+    assert "_MLFLOW_AUTH_ADMIN_BOOTSTRAPPED.get()" in source, "the workers no longer read it"
+    assert "bootstrap_admin_user()" in source, "the bootstrap it skips moved"
+
+
+# MLflow's public default for MLFLOW_CRYPTO_KEK_PASSPHRASE (mlflow/utils/crypto.py), which the
+# settings refuse by value. Here so the light prepare step needs no MLflow import.
+MLFLOW_DEFAULT_KEK_PASSPHRASE = "mlflow-default-kek-passphrase-for-development-only"  # noqa: S105
+
+
+@internal(
+    "mlflow",
+    "mlflow.utils.crypto.DEFAULT_KEK_PASSPHRASE",
+    "the settings refuse MLflow's public default passphrase by its value",
+)
+def _check_default_kek_passphrase() -> None:
+    from mlflow.utils import crypto
+
+    assert crypto.DEFAULT_KEK_PASSPHRASE == MLFLOW_DEFAULT_KEK_PASSPHRASE, "it changed"
+    assert crypto.CRYPTO_KEK_PASSPHRASE_ENV_VAR == "MLFLOW_CRYPTO_KEK_PASSPHRASE"  # noqa: S105
+
+
+def upgrade_accounts_schema(url: str) -> None:
+    """What ``python -m mlflow.server.auth db upgrade --url URL`` does: create the auth app's
+    tables (users, roles, permissions; Alembic table alembic_version_auth) or bring them to
+    the newest revision."""
+    from mlflow.server.auth.db.cli import upgrade
+
+    if upgrade.callback is None:  # the installed-version check names this too
+        raise RuntimeError("the auth db upgrade command has no callback: see test_internals.py")
+    upgrade.callback(url, "head")
+
+
+@internal(
+    "mlflow",
+    "mlflow.server.auth.db.cli.upgrade.callback (the body of `python -m mlflow.server.auth db "
+    "upgrade`)",
+    "the auth app migrates its schema otherwise only inside every worker's start, outside the "
+    "runtime's migration lock",
+)
+def _check_accounts_upgrade_command() -> None:
+    import click
+    from mlflow.server.auth.db.cli import upgrade
+
+    assert isinstance(upgrade, click.Command), f"it is a {type(upgrade)}"
+    assert [parameter.name for parameter in upgrade.params] == ["url", "revision"], upgrade.params
+    assert upgrade.callback is not None, "the command has no callback"
+    assert list(inspect.signature(upgrade.callback).parameters) == ["url", "revision"]
+
+
+# The auth store's methods accounts.py calls, with their parameters (self left out).
+ACCOUNTS_STORE_METHODS = {
+    "init_db": ["db_uri", "read_db_uri"],
+    "has_user": ["username", "use_primary"],
+    "get_user": ["username"],
+    "create_user": ["username", "password", "is_admin"],
+    "update_user": ["username", "password", "is_admin"],
+    "delete_user": ["username"],
+    "authenticate_user": ["username", "password", "use_primary"],
+    "create_role": ["name", "workspace", "description"],
+    "get_role_by_name": ["workspace", "name"],
+    "list_role_permissions": ["role_id"],
+    "add_role_permission": ["role_id", "resource_type", "resource_pattern", "permission"],
+    "remove_role_permission": ["role_permission_id"],
+    "list_user_roles": ["user_id"],
+    "assign_role_to_user": ["user_id", "role_id"],
+    "unassign_role_from_user": ["user_id", "role_id"],
+}
+
+
+def accounts_store(url: str) -> Any:
+    """The auth app's user and role store on ``url``, opened (the schema must be current)."""
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+    store = SqlAlchemyStore()
+    store.init_db(url)  # type: ignore[no-untyped-call]
+    return store
+
+
+def close_accounts_store(store: Any) -> None:
+    """Close the connections of a store from ``accounts_store``."""
+    store.engine.dispose()
+
+
+@internal(
+    "mlflow",
+    "mlflow.server.auth.sqlalchemy_store.SqlAlchemyStore (users, roles, role permissions)",
+    "the auth app offers its users and roles only over HTTP, and the migration step runs "
+    "before any server does",
+)
+def _check_accounts_store() -> None:
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+    for method, parameters in ACCOUNTS_STORE_METHODS.items():
+        found = list(inspect.signature(getattr(SqlAlchemyStore, method)).parameters)[1:]
+        assert found == parameters, f"{method} takes {found}, not {parameters}"
+    assert "self.engine = " in inspect.getsource(SqlAlchemyStore.init_db), "its engine moved"
+
+
+def cache_authorization_lookups() -> None:
+    """Keep what MLflow's auth app looks up for each request's permission check in this
+    worker for as long as its own credential cache keeps a checked login
+    (``auth_cache_ttl_seconds`` of its config, MLFLOW_HEROKU_AUTH_CACHE_TTL_SECONDS; 0: off).
+
+    Without this, each tracking call costs the check about ten queries: the caller's account
+    (twice), its grants, and the whole run (params, tags, metrics) only to learn its
+    experiment; that tripled a log-metric's CPU time (docs/image.md, "Accounts"). Cached:
+
+    * an account by name, for that long, cleared in this worker by any write to the auth store
+      here (a password, an admin flag, a deletion); other workers see a change within that
+      time, as with MLflow's credential cache;
+    * a run's experiment, which never changes, with no time limit.
+
+    Grants are read afresh for each check (one query): a permission given in one worker must
+    work at once in the others (an account that creates an experiment is given MANAGE on it,
+    and its next call may reach another worker)."""
+    import threading
+    import types
+
+    import mlflow.server.auth
+    from cachetools import LRUCache, TTLCache
+
+    auth: Any = mlflow.server.auth  # its names are undocumented
+    ttl_seconds = auth.auth_config.auth_cache_ttl_seconds
+    if ttl_seconds <= 0:
+        return
+
+    store = auth.store
+    lock = threading.Lock()
+    accounts: TTLCache[str, Any] = TTLCache(maxsize=10_000, ttl=ttl_seconds)
+    writes = [0]  # a write between a lookup and its caching voids that entry
+    read_account, open_session = store.get_user, store.ManagedSessionMaker
+
+    def get_user(username: str) -> Any:
+        with lock:
+            found = accounts.get(username)
+            before = writes[0]
+        if found is None:
+            found = read_account(username)  # raises for an unknown account: nothing cached
+            with lock:
+                if writes[0] == before:
+                    accounts[username] = found
+        return found
+
+    @contextlib.contextmanager
+    def session(read_only: bool = True) -> Any:
+        try:
+            with open_session(read_only=read_only) as opened:
+                yield opened
+        finally:
+            if not read_only:
+                with lock:
+                    writes[0] += 1
+                    accounts.clear()
+
+    store.get_user, store.ManagedSessionMaker = get_user, session
+
+    tracking_store = auth._get_tracking_store
+    experiment_of_run: LRUCache[str, str] = LRUCache(maxsize=50_000)
+
+    class RunExperiments:
+        """The tracking store as the auth checks see it: a run is only its experiment."""
+
+        def __init__(self, store: Any) -> None:
+            self.store = store
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.store, name)
+
+        def get_run(self, run_id: str) -> Any:
+            with lock:
+                experiment_id = experiment_of_run.get(run_id)
+            if experiment_id is None:
+                experiment_id = self.store.get_run(run_id).info.experiment_id
+                with lock:
+                    experiment_of_run[run_id] = experiment_id
+            return types.SimpleNamespace(
+                info=types.SimpleNamespace(run_id=run_id, experiment_id=experiment_id)
+            )
+
+    auth._get_tracking_store = lambda: RunExperiments(tracking_store())
+
+
+@internal(
+    "mlflow",
+    "mlflow.server.auth.store (get_user, ManagedSessionMaker) and "
+    "mlflow.server.auth._get_tracking_store (get_run: only a run's experiment)",
+    "the auth app looks the account and the whole run up again on every request and offers no "
+    "cache for them",
+)
+def _check_authorization_lookups() -> None:
+    import re
+
+    import mlflow.server.auth
+
+    auth: Any = mlflow.server.auth
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+    from mlflow.store.db import utils
+
+    assert isinstance(auth.store, SqlAlchemyStore), "the auth app's store moved"
+    assert isinstance(auth.auth_config.auth_cache_ttl_seconds, int), "its cache setting moved"
+    parameters = list(inspect.signature(SqlAlchemyStore.get_user).parameters)
+    assert parameters == ["self", "username"], parameters
+    assert "self.ManagedSessionMaker = " in inspect.getsource(SqlAlchemyStore.init_db)
+    assert "def make_managed_session(read_only=True)" in inspect.getsource(
+        utils._get_managed_session_maker
+    ), "sessions are no longer marked read-only by default"
+    writes = inspect.getsource(SqlAlchemyStore).count("ManagedSessionMaker(read_only=False)")
+    assert writes >= 20, f"the store writes through {writes} sessions marked so: others exist"
+    # Every run the auth checks fetch is only asked for its experiment.
+    fetching = (
+        "_run_requirement",
+        "validate_can_read_metric_history_bulk",
+        "_graphql_get_permission_for_run",
+    )
+    fetches = len(re.findall(r"\.get_run\b", inspect.getsource(auth)))
+    assert fetches == len(fetching), f"the auth app fetches runs in {fetches} places"
+    for name in fetching:
+        source = inspect.getsource(getattr(auth, name))
+        asked = set(re.findall(r"\brun\.(\w+\.\w+)", source))
+        asked |= set(re.findall(r"get_run\(\w+\)\.(\w+\.\w+)", source))
+        assert asked == {"info.experiment_id"}, f"{name} reads {asked} of a run"
+    assert callable(auth._get_tracking_store), "_get_tracking_store is gone"

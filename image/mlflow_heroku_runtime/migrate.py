@@ -136,12 +136,13 @@ def newer_schema_message(state: SchemaState, where: str) -> str:
 
 def migrate_schemas(url: str) -> None:
     """Bring every schema this image owns to its newest revision: MLflow's tracking schema
-    (tables created in an empty database). The caller holds the migration lock; a schema
-    added later (e.g. the accounts' schema) is migrated here too, so it has the same writer."""
-    from . import internals
+    (tables created in an empty database) and, in accounts mode, the auth app's schema and the
+    people as code. The caller holds the migration lock, so every schema has the same writer."""
+    from . import accounts, internals
 
     # What `mlflow db upgrade` does, by its own code (internals.py says why).
     internals.upgrade_database_schema(url)
+    accounts.migrate_and_sync(url, os.environ)
 
 
 def connect_engine(url: str, connect_timeout: int = 5, **connect_args: object) -> Engine:

@@ -59,16 +59,20 @@ def render(
         keep_trailing_newline=True,
     )
     template = environment.get_template("nginx.conf.j2")
-    # The login enters only as its Authorization header value, never as itself.
+    # The shared login enters only as its Authorization header value, never as itself; in
+    # accounts mode nginx knows no login at all.
     return template.render(
         settings=settings,
+        accounts=settings.accounts,
         runtime_dir=runtime_dir,
         ready_flag=runtime_dir / READY_FLAG_NAME,  # the supervisor's: MLflow serves
         htpasswd_path=htpasswd_path,
         mlflow_ports=mlflow_ports,
         worker_user=worker_user,
-        expected_authorization_pattern=expected_authorization_pattern(
-            settings.username, settings.password
+        expected_authorization_pattern=(
+            ""
+            if settings.accounts
+            else expected_authorization_pattern(settings.username, settings.password)
         ),
         upstream_idle_seconds=UPSTREAM_IDLE_SECONDS,
         mime_types=MIME_TYPES,

@@ -37,6 +37,18 @@ HOLD_BACKLOG = 1024
 READY_FLAG_NAME = "ready"
 # Set in MLflow's environment when gunicorn forks the workers from one import (asgi.py).
 FORKED_WORKERS_VARIABLE = "_MLFLOW_HEROKU_FORKED_WORKERS"
+# Login modes (MLFLOW_HEROKU_LOGIN_MODE): one login checked by nginx, or a login per person
+# checked by MLflow's basic-auth app (docs/image.md, "Accounts").
+SHARED_LOGIN = "shared"
+ACCOUNTS_LOGIN = "accounts"
+# What only the migration step reads (the accounts' admin and people, accounts.py): MLflow's
+# workers never get these variables.
+MIGRATION_ONLY_VARIABLES = (
+    "MLFLOW_AUTH_ADMIN_USERNAME",
+    "MLFLOW_AUTH_ADMIN_PASSWORD",
+    "MLFLOW_HEROKU_PEOPLE",
+    "MLFLOW_HEROKU_PEOPLE_PASSWORDS",
+)
 # Every MLflow worker's uvicorn settings, as keywords of uvicorn.Config: the one worker
 # (uvicorn alone, supervisor.uvicorn_argv: each becomes its command-line option) and forked
 # workers (forked_workers.MlflowWorker, which passes them to Config) both run on these.
@@ -63,7 +75,7 @@ class Settings:
     backend_store_uri: str  # SQLAlchemy URL string, password included: never log it
     database_description: str  # host:port/db, safe to log
     artifacts_destination: str  # s3://bucket/prefix or a local folder
-    username: str
+    username: str  # the shared login (empty in accounts mode: MLflow checks each person's)
     password: str
     workers: int
     pool_size: int
@@ -78,6 +90,15 @@ class Settings:
     local: bool = False
     behind_heroku_router: bool = False  # DYNO is set: X-Forwarded-For's last entry is real
     secrets: tuple[str, ...] = ()  # every secret value, for redaction of child output
+    login_mode: str = SHARED_LOGIN  # or ACCOUNTS_LOGIN
+    # Accounts mode: MLflow's auth app's credential cache and default permission
+    # (its basic_auth.ini, written by prepare).
+    auth_cache_ttl_seconds: int = 0
+    default_permission: str = "READ"
+
+    @property
+    def accounts(self) -> bool:
+        return self.login_mode == ACCOUNTS_LOGIN
 
     @property
     def nginx_reachable_at(self) -> str:

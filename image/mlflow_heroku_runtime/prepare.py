@@ -3,12 +3,14 @@
 ``python -m mlflow_heroku_runtime.prepare [--local] [--port N] [--data-dir D]``: on bad
 configuration prints one ``entrypoint: configuration error: ...`` line per problem to stderr
 and exits 2 with nothing created. Otherwise it creates the private runtime directory with
-``nginx.conf`` and ``htpasswd`` and prints the ``Plan`` as JSON on stdout.
+``nginx.conf`` and ``htpasswd`` (accounts mode: ``basic_auth.ini``, MLflow's auth config,
+instead of ``htpasswd``) and prints the ``Plan`` as JSON on stdout.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import socket
 import sys
@@ -51,9 +53,43 @@ def local_password(data_dir: Path) -> str:
     return password
 
 
+def write_private_file(path: Path, text: str) -> None:
+    """Create ``path`` readable by this user only (0600) and write ``text``."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def auth_config_text(settings: Settings) -> str:
+    """MLflow's basic_auth.ini for accounts mode (read through MLFLOW_AUTH_CONFIG_PATH): the
+    tracking database, the default permission and the credential cache. The admin's name and
+    password are not in it: the migration step creates the admin (accounts.py)."""
+    # configparser's interpolation reads "%" as a reference: a URL-quoted password's %40
+    # must be written %%40.
+    values = {
+        "default_permission": settings.default_permission,
+        "database_uri": settings.backend_store_uri.replace("%", "%%"),
+        "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
+        "grant_default_workspace_access": "false",
+        "auth_cache_ttl_seconds": str(settings.auth_cache_ttl_seconds),
+    }
+    lines = [f"{name} = {value}" for name, value in values.items()]
+    return "[mlflow]\n" + "\n".join(lines) + "\n"
+
+
+def write_auth_config(settings: Settings, runtime_dir: Path) -> Settings:
+    """Write basic_auth.ini into the runtime directory and point MLflow's workers at it."""
+    path = runtime_dir / "basic_auth.ini"
+    write_private_file(path, auth_config_text(settings))
+    return dataclasses.replace(
+        settings, mlflow_env={**settings.mlflow_env, "MLFLOW_AUTH_CONFIG_PATH": str(path)}
+    )
+
+
 def write_nginx_files(settings: Settings, runtime_dir: Path, mlflow_ports: list[int]) -> Path:
     htpasswd_path = runtime_dir / "htpasswd"
-    write_htpasswd(htpasswd_path, settings.username, settings.password)
+    if not settings.accounts:  # accounts mode: MLflow checks the logins, nginx knows none
+        write_htpasswd(htpasswd_path, settings.username, settings.password)
     worker_user = ""
     if os.geteuid() == 0:
         # Root (a host, never a dyno): nginx workers run as nobody and must read the
@@ -62,7 +98,8 @@ def write_nginx_files(settings: Settings, runtime_dir: Path, mlflow_ports: list[
         import pwd
 
         nobody = pwd.getpwnam("nobody")
-        os.chown(htpasswd_path, nobody.pw_uid, nobody.pw_gid)
+        if htpasswd_path.exists():
+            os.chown(htpasswd_path, nobody.pw_uid, nobody.pw_gid)
         runtime_dir.chmod(0o711)
         worker_user = f"nobody {grp.getgrgid(nobody.pw_gid).gr_name}"
     config_path = runtime_dir / "nginx.conf"
@@ -108,6 +145,8 @@ def main(argv: Sequence[str]) -> int:
             print(f"entrypoint: configuration error: {problem}", file=sys.stderr)
         return CONFIG_ERROR_EXIT
     runtime_dir = Path(tempfile.mkdtemp(prefix="mlflow-heroku-"))
+    if settings.accounts:
+        settings = write_auth_config(settings, runtime_dir)
     mlflow_ports = free_loopback_ports(settings.workers, avoid=settings.port)
     config_path = write_nginx_files(settings, runtime_dir, mlflow_ports)
     plan = Plan(

@@ -56,6 +56,7 @@ from .plan import (
     FORKED_WORKERS_VARIABLE,
     HOLD_BACKLOG,
     LOOPBACK,
+    MIGRATION_ONLY_VARIABLES,
     READY_FLAG_NAME,
     UVICORN_OPTIONS,
     Plan,
@@ -457,8 +458,10 @@ class Supervisor:
         env = {
             key: value
             for key, value in os.environ.items()
-            # Children never need the login or the raw add-on URL.
+            # Children never need the login or the raw add-on URL; the accounts' admin and
+            # people are for the migration step alone (start_mlflow).
             if key not in ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_USERNAME", "DATABASE_URL")
+            and key not in MIGRATION_ONLY_VARIABLES
         }
         env.update(settings.mlflow_env)
         env.update(
@@ -499,7 +502,11 @@ class Supervisor:
         database. Requests meanwhile wait in the held ports' queues."""
         env = self.child_env()
         log(f"migrating the database ({self.settings.database_description})")
-        self._spawn("migrate", [sys.executable, "-m", "mlflow_heroku_runtime.migrate"], env)
+        self._spawn(
+            "migrate",
+            [sys.executable, "-m", "mlflow_heroku_runtime.migrate"],
+            {**env, **migration_only_environment()},
+        )
         listeners = [listener.fileno() for listener in self.held]
         self._spawn("mlflow", self.mlflow_argv(listeners), env, pass_fds=listeners)
         # MLflow holds the queues now. Without our copies, a MLflow that dies closes them, the
@@ -588,6 +595,11 @@ class Supervisor:
         self.drain()
         log(f"stopped (exit {code})")
         return code
+
+
+def migration_only_environment() -> dict[str, str]:
+    """The variables only the migration step gets (the accounts' admin and people)."""
+    return {name: os.environ[name] for name in MIGRATION_ONLY_VARIABLES if name in os.environ}
 
 
 def uvicorn_command_line(options: dict[str, str | int | bool]) -> list[str]:

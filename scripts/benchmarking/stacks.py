@@ -162,6 +162,8 @@ def stack_environment(
         DO_NOT_TRACK="true",
         BENCH_WORKDIR=str(stack_dir),
         DYNO="web.1",  # as on Heroku (the recipe ignores it)
+        # A dyno needs the AI gateway's passphrase (the program generates one per stack).
+        MLFLOW_CRYPTO_KEK_PASSPHRASE="benchmark-kek-passphrase-0123456789abcdef",  # noqa: S106
         MLFLOW_HEROKU_LISTEN_ADDRESS="127.0.0.1",  # but on loopback only
     )
     env.update(stack.env)

@@ -742,12 +742,17 @@ def test_the_image_job_gives_the_container_an_environment_the_image_accepts() ->
 
     job = workflow("image.yml")["jobs"]["build-run-scan"]
     script = step_named(job, "Start the container")["run"]
-    values = {**job["env"], "password": "a-generated-password-of-48-hex-characters"}
+    values = {
+        **job["env"],
+        "password": "a-generated-password-of-48-hex-characters",
+        "passphrase": "a-generated-passphrase-of-64-hex-characters",
+    }
     env = {
         name: re.sub(r"\$\{(\w+)\}", lambda match: str(values[match.group(1)]), value)
         for name, value in re.findall(r'--env ([A-Z0-9_]+)="?([^"\s\\]*)"?', script)
     }
     assert {"PORT", "DATABASE_URL", "S3_URI", "MLFLOW_TRACKING_PASSWORD"} <= set(env)
+    assert env["MLFLOW_CRYPTO_KEK_PASSPHRASE"] == values["passphrase"]
     settings = load_settings(env)
     assert settings.port == int(job["env"]["APP_PORT"])
     assert settings.artifacts_destination == f"s3://{job['env']['BUCKET']}/artifacts"

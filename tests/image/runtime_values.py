@@ -10,8 +10,15 @@ GOOD_ENV = {
     "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
     "AWS_SECRET_ACCESS_KEY": "aws-secret-value-123",
     "AWS_DEFAULT_REGION": "eu-west-1",
+    "MLFLOW_CRYPTO_KEK_PASSPHRASE": "kek-passphrase-of-at-least-32-characters",
 }
-SECRETS = ("p@ss", "p%40ss", "correct horse battery", "aws-secret-value-123")
+SECRETS = (
+    "p@ss",
+    "p%40ss",
+    "correct horse battery",
+    "aws-secret-value-123",
+    "kek-passphrase-of-at-least-32-characters",
+)
 
 
 TRICKY_PASSWORDS = [
@@ -26,3 +33,29 @@ TRICKY_PASSWORDS = [
     "a~>?b>?~",  # "alice:" + this encodes with a "+" (a regex operator in nginx's auth match)
     "~>?~>?",  # ... and this with a "/"
 ]
+
+
+# Accounts mode: no shared login; the admin and the people as code instead.
+ACCOUNTS_ENV = {
+    **{name: value for name, value in GOOD_ENV.items() if not name.startswith("MLFLOW_TRACKING")},
+    "MLFLOW_HEROKU_LOGIN_MODE": "accounts",
+    "MLFLOW_AUTH_ADMIN_USERNAME": "team-admin",
+    "MLFLOW_AUTH_ADMIN_PASSWORD": "admin password 1234",
+    "MLFLOW_HEROKU_PEOPLE": (
+        '[{"username": "ana", "role": "editor"}, {"username": "bo.reader", "role": "reader"},'
+        ' {"username": "cy@example.com", "role": "admin"}]'
+    ),
+    "MLFLOW_HEROKU_PEOPLE_PASSWORDS": (
+        '{"ana": "ana initial pw 1", "bo.reader": "bo initial pw 22", '
+        '"cy@example.com": "cy initial pw 333"}'
+    ),
+}
+ACCOUNTS_SECRETS = (
+    "p@ss",
+    "aws-secret-value-123",
+    "kek-passphrase-of-at-least-32-characters",
+    "admin password 1234",
+    "ana initial pw 1",
+    "bo initial pw 22",
+    "cy initial pw 333",
+)

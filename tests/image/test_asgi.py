@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -59,6 +60,18 @@ print(json.dumps(seen))
 """
 
 
+def accounts_mode(url: str, tmp_path: Path) -> dict[str, str]:
+    """Accounts mode's worker environment on ``url``, with the migration step done."""
+    from mlflow_heroku_runtime import accounts, prepare
+    from mlflow_heroku_runtime.settings import load_settings
+
+    from tests.image.runtime_values import ACCOUNTS_ENV
+
+    accounts.migrate_and_sync(url, ACCOUNTS_ENV)
+    settings = dataclasses.replace(load_settings(ACCOUNTS_ENV), backend_store_uri=url)
+    return prepare.write_auth_config(settings, tmp_path).mlflow_env
+
+
 @pytest.fixture
 def database(postgres: PostgresCluster) -> Iterator[str]:
     """A database of its own in the session's cluster (the shared stack uses the other)."""
@@ -75,14 +88,17 @@ def database(postgres: PostgresCluster) -> Iterator[str]:
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.mark.parametrize("login_mode", ["shared", "accounts"])
 def test_forked_workers_never_share_a_database_connection(
-    postgres: PostgresCluster, database: str, tmp_path: Path
+    postgres: PostgresCluster, database: str, tmp_path: Path, login_mode: str
 ) -> None:
     """The master closes the connections its warm-up opened before gunicorn forks, and a
     worker forgets any it inherits (one the master opened later) and opens its own; the
-    master's connection keeps working after the worker used the database."""
+    master's connection keeps working after the worker used the database. In accounts mode
+    the auth app's store opens its own engine in the master too."""
     password = urllib.parse.quote(postgres.password, safe="")
     url = f"postgresql+psycopg://{postgres.user}:{password}@{LOOPBACK}:{postgres.port}/{database}"
+    accounts_env = accounts_mode(url, tmp_path) if login_mode == "accounts" else {}
     env = {
         **os.environ,
         "_MLFLOW_HEROKU_FORKED_WORKERS": "1",
@@ -93,6 +109,8 @@ def test_forked_workers_never_share_a_database_connection(
         "_MLFLOW_SERVER_ARTIFACT_DESTINATION": str(tmp_path / "artifacts"),
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         "MLFLOW_DISABLE_TELEMETRY": "true",
+        "_MLFLOW_SGI_NAME": "uvicorn",
+        **accounts_env,
     }
     env.pop("_MLFLOW_HEROKU_MIGRATED_FLAG", None)
     probe = subprocess.run(
@@ -105,7 +123,8 @@ def test_forked_workers_never_share_a_database_connection(
     )
     assert probe.returncode == 0, probe.stderr[-3000:]
     seen = json.loads(probe.stdout.splitlines()[-1])
-    assert seen["noted"] >= 1, seen  # the warm-up did open connections (else this proves nothing)
+    # The warm-up did open connections (else this proves nothing); the auth store's too.
+    assert seen["noted"] >= (2 if login_mode == "accounts" else 1), seen
     assert seen["open_after_warm_up"] == 0, seen  # the master closed its own
     assert seen["parent"] not in seen["child"], seen  # the worker opened its own
     assert seen["parent"] in seen["parent_again"], seen  # and left the master's working

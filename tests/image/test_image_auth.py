@@ -403,3 +403,21 @@ def test_ui_assets_are_compressed(stack: Stack) -> None:
     raw = compressed.raw.read(decode_content=False)
     assert len(raw) < len(plain.content) / 2
     assert gzip.decompress(raw) == plain.content
+
+
+def test_the_remote_assistant_stays_refused(stack: Stack) -> None:
+    """MLflow serves its Assistant only to clients on its own host, as uvicorn sees them
+    through nginx's X-Forwarded-For (the real client's: Heroku's last entry)."""
+    path = "/ajax-api/3.0/mlflow/assistant/providers/claude_code/health"
+    for forwarded_for in ("198.51.100.9", "127.0.0.1, 198.51.100.9"):
+        refused = requests.get(
+            stack.url + path,
+            auth=stack.auth,
+            headers={"X-Forwarded-For": forwarded_for, "Forwarded": "for=127.0.0.1"},
+            timeout=30,
+        )
+        assert refused.status_code == 403, refused.text
+        assert "only accessible from the same host" in refused.text
+    # A client on the server's own host gets past that check to the provider's own answer.
+    local = requests.get(stack.url + path, auth=stack.auth, timeout=30)
+    assert local.status_code != 403, local.text

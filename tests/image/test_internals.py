@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from mlflow_heroku_runtime import internals
@@ -95,6 +96,41 @@ def _break_proxied_artifact_path(monkeypatch: pytest.MonkeyPatch) -> None:
     )
 
 
+def _break_admin_bootstrapped_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow.environment_variables as variables
+
+    monkeypatch.setattr(
+        variables._MLFLOW_AUTH_ADMIN_BOOTSTRAPPED, "name", "_MLFLOW_AUTH_BOOTSTRAPPED"
+    )
+
+
+def _break_accounts_upgrade_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.server.auth.db.cli import upgrade
+
+    monkeypatch.setattr(upgrade, "params", upgrade.params[:1])
+
+
+def _break_accounts_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+    def delete_user(self: object, username: str, cascade: bool) -> None:
+        pass
+
+    monkeypatch.setattr(SqlAlchemyStore, "delete_user", delete_user)
+
+
+def _break_authorization_lookups(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow.server.auth
+
+    auth: Any = mlflow.server.auth
+
+    def run_requirement(run_id: str, action: str) -> object:
+        run = auth._get_tracking_store().get_run(run_id)
+        return run.info.lifecycle_stage  # a run's other fields, which the cache leaves out
+
+    monkeypatch.setattr(auth, "_run_requirement", run_requirement)
+
+
 # How an upgrade could break each entry. Every registered entry needs one (see the test below):
 # a check that cannot fail proves nothing.
 def _break_migrations_directory(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -139,6 +175,22 @@ BREAKERS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "the text of starlette.middleware.wsgi's warning ('starlette.middleware.wsgi is "
     "deprecated'...)": lambda patch: patch.setattr(
         internals, "STARLETTE_WSGI_DEPRECATION", "starlette.middleware.wsgi is gone"
+    ),
+    # MLflow's auth app (accounts mode)
+    "_MLFLOW_AUTH_ADMIN_BOOTSTRAPPED (workers skip the admin bootstrap)": (
+        _break_admin_bootstrapped_variable
+    ),
+    "mlflow.utils.crypto.DEFAULT_KEK_PASSPHRASE": lambda patch: patch.setattr(
+        internals, "MLFLOW_DEFAULT_KEK_PASSPHRASE", "another-default"
+    ),
+    "mlflow.server.auth.db.cli.upgrade.callback (the body of `python -m mlflow.server.auth db "
+    "upgrade`)": _break_accounts_upgrade_command,
+    "mlflow.server.auth.sqlalchemy_store.SqlAlchemyStore (users, roles, role permissions)": (
+        _break_accounts_store
+    ),
+    "mlflow.server.auth.store (get_user, ManagedSessionMaker) and "
+    "mlflow.server.auth._get_tracking_store (get_run: only a run's experiment)": (
+        _break_authorization_lookups
     ),
 }
 

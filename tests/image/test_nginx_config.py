@@ -253,3 +253,27 @@ def test_the_ui_directory_is_the_installed_mlflows_build(
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ConfigError, match="UI files are missing"):
         nginx_config.mlflow_ui_dir()
+
+
+def test_accounts_mode_leaves_the_login_to_mlflow(tmp_path: Path) -> None:
+    """No password check and no htpasswd in nginx; the Authorization header reaches MLflow;
+    MLflow's 401 is counted in @login_failed, the one place limit_req may run (it runs once
+    per request); the UI's page comes from MLflow, which asks for the login first."""
+    text = _render(tmp_path, login_mode="accounts", username="", password="")
+    for gone in ("auth_basic $", "auth_basic_user_file", 'proxy_set_header Authorization ""'):
+        assert gone not in text
+    assert "error_page 401 = @login_failed;" in text
+    assert text.count("limit_req zone=") == 1
+    login_failed = text[text.index("location @login_failed {") :]
+    login_failed = login_failed[: login_failed.index("}")]
+    assert "limit_req zone=auth_failures burst=10 nodelay;" in login_failed
+    assert "try_files /login-failed =401;" in login_failed
+    assert "limit_req_zone $client_address zone=auth_failures:2m rate=10r/m;" in text
+    page = text[text.index("location = / {") :]
+    assert "proxy_pass http://mlflow;" in page[: page.index("}")]
+    config = tmp_path / "nginx.conf"
+    config.write_text(text)
+    assert_nginx_accepts(config, tmp_path)
+    shared = _render(tmp_path)
+    assert "auth_basic $login_realm;" in shared
+    assert "@login_failed" not in shared

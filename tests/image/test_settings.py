@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mlflow_heroku_runtime.errors import ConfigError
-from mlflow_heroku_runtime.settings import load_settings
+from mlflow_heroku_runtime.settings import Person, flask_secret_key, load_people, load_settings
 
-from tests.image.runtime_values import GOOD_ENV, SECRETS
+from tests.image.runtime_values import ACCOUNTS_ENV, ACCOUNTS_SECRETS, GOOD_ENV, SECRETS
 
 
 def test_good_environment_loads() -> None:
@@ -270,3 +270,242 @@ def test_values_checked_after_stripping_reach_mlflow_stripped() -> None:
     with pytest.raises(ConfigError) as raised:
         load_settings({**GOOD_ENV, "AWS_REGION": "eu-west-1\nus-east-1"})
     assert raised.value.problems == ["AWS_REGION must look like eu-west-1 (an AWS region name)"]
+
+
+# ----------------------------------------------------------------------------- accounts mode
+
+
+def test_accounts_environment_loads() -> None:
+    loaded = load_settings(ACCOUNTS_ENV)
+    assert loaded.accounts
+    assert loaded.login_mode == "accounts"
+    assert (loaded.username, loaded.password) == ("", "")  # nginx knows no login
+    assert (loaded.default_permission, loaded.auth_cache_ttl_seconds) == ("READ", 30)
+    env = loaded.mlflow_env
+    assert env["MLFLOW_HEROKU_LOGIN_MODE"] == "accounts"
+    assert env["_MLFLOW_AUTH_ADMIN_BOOTSTRAPPED"] == "true"
+    assert env["MLFLOW_BASIC_AUTH_FAIL_CLOSED"] == "true"
+    key = env["MLFLOW_FLASK_SERVER_SECRET_KEY"]
+    assert len(key) == 64
+    assert key == flask_secret_key("admin password 1234")
+    assert key != flask_secret_key("another admin password")  # derived, not a constant
+    assert set(ACCOUNTS_SECRETS) | {key} <= set(loaded.secrets)
+    # Nothing of the admin's or the people's goes to MLflow's workers through the settings.
+    for secret in ACCOUNTS_SECRETS[3:]:
+        assert secret not in " ".join(env.values())
+
+
+def test_accounts_settings_are_read() -> None:
+    loaded = load_settings(
+        {
+            **ACCOUNTS_ENV,
+            "MLFLOW_HEROKU_LOGIN_MODE": " Accounts ",
+            "MLFLOW_HEROKU_AUTH_CACHE_TTL_SECONDS": "0",
+            "MLFLOW_HEROKU_DEFAULT_PERMISSION": "no_permissions",
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": "a key the user chose",
+        }
+    )
+    assert (loaded.login_mode, loaded.auth_cache_ttl_seconds) == ("accounts", 0)
+    assert loaded.default_permission == "NO_PERMISSIONS"
+    assert loaded.mlflow_env["MLFLOW_FLASK_SERVER_SECRET_KEY"] == "a key the user chose"
+    assert "a key the user chose" in loaded.secrets
+
+
+def test_shared_mode_is_the_default_and_unchanged() -> None:
+    loaded = load_settings(GOOD_ENV)
+    assert loaded.login_mode == "shared"
+    assert not loaded.accounts
+    assert (loaded.username, loaded.password) == ("alice", "correct horse battery")
+    assert "MLFLOW_FLASK_SERVER_SECRET_KEY" not in loaded.mlflow_env
+    assert "_MLFLOW_AUTH_ADMIN_BOOTSTRAPPED" not in loaded.mlflow_env
+
+
+def test_load_people_reads_the_admin_and_the_people() -> None:
+    people = load_people(ACCOUNTS_ENV)
+    assert (people.admin_username, people.admin_password) == ("team-admin", "admin password 1234")
+    assert people.people == (
+        Person("ana", "editor"),
+        Person("bo.reader", "reader"),
+        Person("cy@example.com", "admin"),
+    )
+    assert people.initial_passwords["bo.reader"] == "bo initial pw 22"
+    no_people = {**ACCOUNTS_ENV, "MLFLOW_HEROKU_PEOPLE": "[]"}
+    del no_people["MLFLOW_HEROKU_PEOPLE_PASSWORDS"]
+    assert load_people(no_people).people == ()  # only the admin
+
+
+def people_plus(entry: str) -> str:
+    """ACCOUNTS_ENV's people with one more entry."""
+    return ACCOUNTS_ENV["MLFLOW_HEROKU_PEOPLE"][:-1] + ", " + entry + "]"
+
+
+ACCOUNTS_BAD = [
+    # (variable, value or None to remove it, expected words in the one problem)
+    ("MLFLOW_HEROKU_LOGIN_MODE", "per-person", "MLFLOW_HEROKU_LOGIN_MODE must be shared"),
+    ("MLFLOW_AUTH_ADMIN_USERNAME", None, "MLFLOW_AUTH_ADMIN_USERNAME is not set"),
+    ("MLFLOW_AUTH_ADMIN_USERNAME", "team admin", "MLFLOW_AUTH_ADMIN_USERNAME must be 1-100"),
+    ("MLFLOW_AUTH_ADMIN_USERNAME", "a:b", "MLFLOW_AUTH_ADMIN_USERNAME must be 1-100"),
+    ("MLFLOW_AUTH_ADMIN_PASSWORD", None, "MLFLOW_AUTH_ADMIN_PASSWORD is not set"),
+    ("MLFLOW_AUTH_ADMIN_PASSWORD", "", "MLFLOW_AUTH_ADMIN_PASSWORD is not set"),
+    ("MLFLOW_AUTH_ADMIN_PASSWORD", "short-pw", "MLFLOW_AUTH_ADMIN_PASSWORD is too short"),
+    ("MLFLOW_AUTH_ADMIN_PASSWORD", "pässwörd-long-enough", "must be printable ASCII"),
+    ("MLFLOW_AUTH_ADMIN_PASSWORD", "long enough\tpassword", "must be printable ASCII"),
+    ("MLFLOW_HEROKU_PEOPLE", "ana=editor", "MLFLOW_HEROKU_PEOPLE is not valid JSON"),
+    ("MLFLOW_HEROKU_PEOPLE", '{"ana": "editor"}', "MLFLOW_HEROKU_PEOPLE must be a JSON list"),
+    ("MLFLOW_HEROKU_PEOPLE", people_plus('"ana"'), "entry 4 must be an object with exactly"),
+    (
+        "MLFLOW_HEROKU_PEOPLE",
+        people_plus('{"username": "ana", "role": "editor", "admin": true}'),
+        "entry 4 must be an object with exactly username and role",
+    ),
+    (
+        "MLFLOW_HEROKU_PEOPLE",
+        people_plus('{"username": "dee", "role": "writer"}'),
+        'entry 4 (dee) has the role "writer": use admin, editor or reader',
+    ),
+    ("MLFLOW_HEROKU_PEOPLE", people_plus('{"username": "", "role": "reader"}'), "entry 4's user"),
+    ("MLFLOW_HEROKU_PEOPLE", people_plus('{"username": 7, "role": "reader"}'), "entry 4's user"),
+    (
+        "MLFLOW_HEROKU_PEOPLE",
+        people_plus('{"username": "ana", "role": "reader"}'),
+        "lists ana twice",
+    ),
+    (
+        "MLFLOW_HEROKU_PEOPLE",
+        people_plus('{"username": "team-admin", "role": "admin"}'),
+        "lists the admin account team-admin: it comes from MLFLOW_AUTH_ADMIN_USERNAME",
+    ),
+    ("MLFLOW_HEROKU_PEOPLE_PASSWORDS", None, "MLFLOW_HEROKU_PEOPLE_PASSWORDS is not set"),
+    ("MLFLOW_HEROKU_PEOPLE_PASSWORDS", "{ana: x}", "MLFLOW_HEROKU_PEOPLE_PASSWORDS is not valid"),
+    ("MLFLOW_HEROKU_PEOPLE_PASSWORDS", '["x"]', "must be a JSON object of strings"),
+    (
+        "MLFLOW_HEROKU_PEOPLE_PASSWORDS",
+        '{"ana": "ana initial pw 1", "bo.reader": "bo initial pw 22"}',
+        "has no initial password for cy@example.com: add one",
+    ),
+    (
+        "MLFLOW_HEROKU_PEOPLE_PASSWORDS",
+        '{"ana": "ana initial pw 1", "bo.reader": "bo initial pw 22", '
+        '"cy@example.com": "cy initial pw 333", "dee": "dee initial pw 4"}',
+        "has a password for dee, who is not in MLFLOW_HEROKU_PEOPLE",
+    ),
+    (
+        "MLFLOW_HEROKU_PEOPLE_PASSWORDS",
+        '{"ana": "short", "bo.reader": "bo initial pw 22", "cy@example.com": "cy initial pw 333"}',
+        "password for ana is too short",
+    ),
+    ("MLFLOW_HEROKU_AUTH_CACHE_TTL_SECONDS", "-1", "MLFLOW_HEROKU_AUTH_CACHE_TTL_SECONDS must be"),
+    ("MLFLOW_HEROKU_AUTH_CACHE_TTL_SECONDS", "1h", "MLFLOW_HEROKU_AUTH_CACHE_TTL_SECONDS must be"),
+    ("MLFLOW_HEROKU_DEFAULT_PERMISSION", "WRITE", "MLFLOW_HEROKU_DEFAULT_PERMISSION must be one"),
+    ("MLFLOW_HEROKU_DEFAULT_PERMISSION", "DENY", "MLFLOW_HEROKU_DEFAULT_PERMISSION must be one"),
+    (
+        "MLFLOW_HEROKU_DEFAULT_PERMISSION",
+        "EDIT",
+        "EDIT would let every account write, the readers in MLFLOW_HEROKU_PEOPLE (bo.reader) too",
+    ),
+    ("MLFLOW_CRYPTO_KEK_PASSPHRASE", None, "MLFLOW_CRYPTO_KEK_PASSPHRASE is not set"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "message"), ACCOUNTS_BAD)
+def test_each_bad_accounts_variable_has_its_own_message(
+    name: str, value: str | None, message: str
+) -> None:
+    env = dict(ACCOUNTS_ENV)
+    if value is None:
+        env.pop(name, None)
+    else:
+        env[name] = value
+    with pytest.raises(ConfigError) as raised:
+        load_settings(env)
+    assert len(raised.value.problems) == 1, raised.value.problems
+    assert message in raised.value.problems[0]
+    for secret in (*ACCOUNTS_SECRETS, "short-pw", "pässwörd-long-enough", "dee initial pw 4"):
+        assert secret not in str(raised.value)
+
+
+def test_the_migration_step_gets_the_same_messages() -> None:
+    env = {**ACCOUNTS_ENV, "MLFLOW_HEROKU_PEOPLE": '[{"username": "ana", "role": "owner"}]'}
+    with pytest.raises(ConfigError) as raised:
+        load_people(env)
+    assert raised.value.problems == [
+        'MLFLOW_HEROKU_PEOPLE entry 1 (ana) has the role "owner": use admin, editor or reader',
+        "MLFLOW_HEROKU_PEOPLE_PASSWORDS has a password for bo.reader, who is not in "
+        "MLFLOW_HEROKU_PEOPLE: remove it, or add the person",
+        "MLFLOW_HEROKU_PEOPLE_PASSWORDS has a password for cy@example.com, who is not in "
+        "MLFLOW_HEROKU_PEOPLE: remove it, or add the person",
+    ]
+
+
+def test_a_writing_default_is_fine_without_readers() -> None:
+    env = {
+        **ACCOUNTS_ENV,
+        "MLFLOW_HEROKU_PEOPLE": '[{"username": "ana", "role": "editor"}]',
+        "MLFLOW_HEROKU_PEOPLE_PASSWORDS": '{"ana": "ana initial pw 1"}',
+        "MLFLOW_HEROKU_DEFAULT_PERMISSION": "MANAGE",
+    }
+    assert load_settings(env).default_permission == "MANAGE"
+
+
+KEK_CASES = [
+    # (changes, expected problem or None)
+    ({"MLFLOW_CRYPTO_KEK_PASSPHRASE": "too-short"}, "MLFLOW_CRYPTO_KEK_PASSPHRASE is too short"),
+    (
+        {"MLFLOW_CRYPTO_KEK_PASSPHRASE": "mlflow-default-kek-passphrase-for-development-only"},
+        "MLFLOW_CRYPTO_KEK_PASSPHRASE is MLflow's public default passphrase",
+    ),
+    ({"MLFLOW_CRYPTO_KEK_PASSPHRASE": None}, "set it to a random value of at least 32"),
+    ({"MLFLOW_CRYPTO_KEK_PASSPHRASE": None, "MLFLOW_ENABLE_AI_GATEWAY": "true"}, "is not set"),
+    ({"MLFLOW_CRYPTO_KEK_PASSPHRASE": None, "MLFLOW_ENABLE_AI_GATEWAY": "false"}, None),
+    ({"MLFLOW_CRYPTO_KEK_PASSPHRASE": None, "DYNO": None}, None),  # a host, not a dyno
+    ({"MLFLOW_ENABLE_AI_GATEWAY": "off"}, "MLFLOW_ENABLE_AI_GATEWAY must be true or false"),
+]
+
+
+@pytest.mark.parametrize("environment", [GOOD_ENV, ACCOUNTS_ENV], ids=["shared", "accounts"])
+@pytest.mark.parametrize(("changes", "problem"), KEK_CASES)
+def test_a_dyno_never_runs_the_gateway_on_the_public_passphrase(
+    environment: dict[str, str], changes: dict[str, str | None], problem: str | None
+) -> None:
+    env = {**environment, **{name: value for name, value in changes.items() if value}}
+    for name in [name for name, value in changes.items() if value is None]:
+        env.pop(name, None)
+    if problem is None:
+        loaded = load_settings(env)
+        gateway = changes.get("MLFLOW_ENABLE_AI_GATEWAY")
+        assert loaded.mlflow_env.get("MLFLOW_ENABLE_AI_GATEWAY") == gateway
+        return
+    with pytest.raises(ConfigError) as raised:
+        load_settings(env)
+    assert len(raised.value.problems) == 1, raised.value.problems
+    assert problem in raised.value.problems[0]
+    assert "too-short" not in raised.value.problems[0]
+
+
+ACCOUNTS_VARIABLES = sorted({name for name, _value, _message in ACCOUNTS_BAD})
+JSON_PIECES = ["[", "]", "{", "}", '"username"', '"role"', '"ana"', '"reader"', ":", ",", '"']
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    changes=st.dictionaries(
+        st.sampled_from(ACCOUNTS_VARIABLES),
+        st.one_of(
+            st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=40),
+            st.lists(st.sampled_from(JSON_PIECES), max_size=14).map("".join),
+        ),
+        max_size=4,
+    )
+)
+def test_fuzzed_accounts_environment_gives_named_errors_only(changes: dict[str, str]) -> None:
+    env = {**ACCOUNTS_ENV, **changes}
+    problems: list[str] = []
+    try:
+        load_settings(env)
+    except ConfigError as error:
+        problems = error.problems
+        assert problems
+    for problem in problems:
+        assert any(name in problem for name in ACCOUNTS_VARIABLES), problem
+        for secret in ACCOUNTS_SECRETS:
+            assert secret not in problem

@@ -16,7 +16,7 @@ from mlflow_heroku_runtime.plan import UVICORN_OPTIONS, Plan
 from mlflow_heroku_runtime.settings import load_settings
 from mlflow_heroku_runtime.supervisor import Supervisor
 
-from tests.image.runtime_values import GOOD_ENV
+from tests.image.runtime_values import ACCOUNTS_ENV, ACCOUNTS_SECRETS, GOOD_ENV
 
 
 def _supervisor(ports: list[int]) -> Supervisor:
@@ -200,3 +200,24 @@ def test_the_first_stop_reason_is_the_one_kept() -> None:
         "received SIGTERM; stopping gracefully",
         0,
     )
+
+
+def test_only_the_migration_step_gets_the_accounts_admin_and_people(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mlflow_heroku_runtime.plan import MIGRATION_ONLY_VARIABLES
+    from mlflow_heroku_runtime.supervisor import migration_only_environment
+
+    for name, value in ACCOUNTS_ENV.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings(ACCOUNTS_ENV)
+    plan = Plan(settings=settings, runtime_dir="/tmp/x", nginx_config="/x", mlflow_ports=[1])
+    mlflow_env = Supervisor(plan).child_env()
+    assert set(MIGRATION_ONLY_VARIABLES) & set(mlflow_env) == set()
+    for secret in ACCOUNTS_SECRETS[3:]:
+        assert secret not in " ".join(mlflow_env.values())
+    assert migration_only_environment() == {
+        name: ACCOUNTS_ENV[name] for name in MIGRATION_ONLY_VARIABLES
+    }
+    assert mlflow_env["MLFLOW_HEROKU_LOGIN_MODE"] == "accounts"
+    assert mlflow_env["MLFLOW_FLASK_SERVER_SECRET_KEY"]

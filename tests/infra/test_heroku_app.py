@@ -22,7 +22,6 @@ from mlflow_heroku_runtime import settings as image_settings
 from mlflow_heroku_runtime.errors import ConfigError
 from mlflow_heroku_runtime.htpasswd import BCRYPT_MAX_PASSWORD_BYTES
 
-from infra import heroku_app
 from infra import settings as stack_settings
 from infra.heroku_api import parse_repo_digest
 from infra.heroku_app import allowed_hosts, cors_origins
@@ -86,26 +85,23 @@ def dyno_environment(program: ProgramRun) -> dict[str, str]:
     return environ
 
 
-# The login-mode variables the program sets in shared mode that this branch's image does not
-# read yet: its accounts mode (issue 15, image side) adds them. When the image reads one, the
-# test below says so: import its name from mlflow_heroku_runtime in infra/heroku_app.py and
-# drop it here.
-IMAGE_PENDING_VARS = frozenset({heroku_app.LOGIN_MODE_VAR, heroku_app.GATEWAY_PASSPHRASE_VAR})
-
-
 def with_shared_login(config: Mapping[str, str]) -> dict[str, str]:
-    """The same stack with the shared login: the image of this branch has no accounts mode yet,
-    so its side of the contract is checked in shared mode (the program's accounts mode is
-    tested in test_program.py)."""
+    """The same stack with the shared login: the edge cases and generated combinations below
+    are sized for its two pools per worker (accounts mode's third pool has its own test)."""
     shared = {key: value for key, value in config.items() if key != f"{PROJECT}:people"}
     shared[f"{PROJECT}:loginMode"] = "shared"
     return shared
 
 
 def run_stack(
-    program_module: ModuleType, stack: str, overrides: Mapping[str, str]
+    program_module: ModuleType,
+    stack: str,
+    overrides: Mapping[str, str],
+    login_mode_of_the_stack_file: bool = False,
 ) -> tuple[Settings, ProgramRun]:
-    config = with_shared_login(stack_config(stack, overrides))
+    config = stack_config(stack, overrides)
+    if not login_mode_of_the_stack_file:
+        config = with_shared_login(config)
     program = run_program(stack, config, program=program_module.main)
     return load_stack_settings(stack, config), program
 
@@ -126,12 +122,31 @@ def assert_image_runs_the_stack(stack: Settings, program: ProgramRun) -> None:
         stack.db_max_overflow,
     )
     assert image.max_body_size == stack.max_body_size.lower()
-    assert image.username == stack.login_user
     sensitive = reveal(program.one(CONFIG_VARS).inputs["sensitiveVars"])
-    assert image.password == sensitive["MLFLOW_TRACKING_PASSWORD"]
+    assert image.login_mode == stack.login_mode
+    if stack.login_mode == "accounts":
+        assert (image.username, image.password) == ("", "")  # nginx knows no login
+        # What the migration step makes of the accounts (accounts.py).
+        people = image_settings.load_people(environ)
+        assert people.admin_username == stack.admin_username
+        assert [(p.username, p.role) for p in people.people] == [
+            (p.username, p.role) for p in stack.people
+        ]
+        assert image.auth_cache_ttl_seconds == stack.auth_cache_ttl_seconds
+        assert image.default_permission == stack.default_permission
+        secret_values = [sensitive["MLFLOW_AUTH_ADMIN_PASSWORD"]]
+        secret_values += list(people.initial_passwords.values())
+    else:
+        assert image.username == stack.login_user
+        assert image.password == sensitive["MLFLOW_TRACKING_PASSWORD"]
+        secret_values = [sensitive["MLFLOW_TRACKING_PASSWORD"]]
     # The image redacts the program's secrets from its children's output.
-    for var in ("MLFLOW_TRACKING_PASSWORD", "AWS_SECRET_ACCESS_KEY"):
-        assert sensitive[var] in image.secrets, var
+    for value in [
+        *secret_values,
+        sensitive["AWS_SECRET_ACCESS_KEY"],
+        sensitive["MLFLOW_CRYPTO_KEK_PASSPHRASE"],
+    ]:
+        assert value in image.secrets
     bucket = program.one(BUCKET).outputs["bucket"]
     if stack.bucket_name is not None:
         assert bucket == stack.bucket_name
@@ -259,6 +274,17 @@ def test_the_image_accepts_what_the_program_allows(
     program_module: ModuleType, stack: str, overrides: dict[str, str]
 ) -> None:
     assert_image_runs_the_stack(*run_stack(program_module, stack, overrides))
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_the_image_accepts_each_stack_file_in_its_login_mode(
+    program_module: ModuleType, stack: str
+) -> None:
+    """dev's shared login and prod's accounts (its people, the admin, the cache, the default
+    permission) as the image and its migration step read them."""
+    settings, program = run_stack(program_module, stack, {}, login_mode_of_the_stack_file=True)
+    assert settings.login_mode == {"dev": "shared", "prod": "accounts"}[stack]
+    assert_image_runs_the_stack(settings, program)
 
 
 def test_the_edge_cases_really_are_edges() -> None:
@@ -465,7 +491,7 @@ def test_every_config_var_the_program_sets_is_one_the_image_checks(
     one the program sets, emptied, makes the image refuse to start (or the maintenance command
     refuse to run, for its own variables), naming it."""
     assert set(maintenance.VARIABLES) <= set(dev_environment)
-    for var in sorted(set(dev_environment) - set(HEROKU_DYNO_VARS) - IMAGE_PENDING_VARS):
+    for var in sorted(set(dev_environment) - set(HEROKU_DYNO_VARS)):
         if var in maintenance.VARIABLES:
             with pytest.raises(maintenance.MaintenanceError, match=f"^{var}="):
                 maintenance.load_config({**dev_environment, var: ""})
@@ -473,27 +499,6 @@ def test_every_config_var_the_program_sets_is_one_the_image_checks(
         with pytest.raises(ConfigError) as refused:
             image_settings.load_settings({**dev_environment, var: ""})
         assert any(var in problem for problem in refused.value.problems), var
-
-
-def test_the_vars_awaiting_the_image_are_exactly_the_ones_it_does_not_read_yet(
-    dev_environment: dict[str, str],
-) -> None:
-    """Keeps IMAGE_PENDING_VARS honest: each is set by the program, and the image still lets
-    it be empty. Once the image checks one, this fails, naming it, so that its name comes from
-    the image and the check above covers it."""
-    assert dev_environment.keys() >= IMAGE_PENDING_VARS
-    shared_plain, shared_sensitive = heroku_app.LOGIN_VARS["shared"]
-    assert shared_plain | shared_sensitive >= IMAGE_PENDING_VARS
-    for var in sorted(IMAGE_PENDING_VARS):
-        try:
-            image_settings.load_settings({**dev_environment, var: ""})
-        except ConfigError as refused:
-            if any(var in problem for problem in refused.problems):
-                pytest.fail(
-                    f"the image now checks {var}: drop it from IMAGE_PENDING_VARS and take its "
-                    "name from mlflow_heroku_runtime in infra/heroku_app.py"
-                )
-            raise
 
 
 # (stack key, the maintenance command's variable): the program's range is the command's.

@@ -69,6 +69,7 @@ NGINX_PRELOAD_SOURCE = REPO_ROOT / "image" / "nginx_graceful_term.c"
 # The same flags as image/Dockerfile's builder stage.
 NGINX_PRELOAD_CFLAGS = ("-O2", "-fPIC", "-shared", "-Wall", "-Werror")
 LOOPBACK = "127.0.0.1"
+KEK_PASSPHRASE = "test-kek-passphrase-0123456789abcdef"  # throwaway stacks
 
 
 def free_port() -> int:
@@ -407,6 +408,8 @@ def heroku_env(
         "MLFLOW_HEROKU_LISTEN_ADDRESS": "127.0.0.1",
         "MLFLOW_TRACKING_USERNAME": username,
         "MLFLOW_TRACKING_PASSWORD": password,
+        # The program sets it from a generated secret; a dyno refuses MLflow's public default.
+        "MLFLOW_CRYPTO_KEK_PASSPHRASE": KEK_PASSPHRASE,
     }
     if dyno is not None:
         env["DYNO"] = dyno
