@@ -23,7 +23,13 @@ from scripts.benchmarking.machine import machine_facts, uptime
 from scripts.benchmarking.measure import Settings, bench_stack
 from scripts.benchmarking.processes import become_subreaper
 from scripts.benchmarking.report import StackResult, render, write_results
-from scripts.benchmarking.stacks import ENTRYPOINT, Stack, our_stack, recipe_stack
+from scripts.benchmarking.stacks import (
+    ENTRYPOINT,
+    Stack,
+    accounts_stack,
+    our_stack,
+    recipe_stack,
+)
 from tests.support.services import PG_BIN, TEST_ARTIFACTS, postgres_cluster, s3_server
 
 DESCRIPTION = "Benchmark our tracking-server entrypoint against the 2021 blog recipe, side by side."
@@ -82,6 +88,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--no-recipe", action="store_true", help="skip the 2021 recipe")
     parser.add_argument(
+        "--no-accounts", action="store_true",
+        help="skip our stack in accounts mode (MLflow's auth app; compared with the shared login)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--accounts-without-cache", action="store_true",
+        help="also run accounts mode with MLflow's credential cache off (a hash per request)",
+    )  # fmt: skip
+    parser.add_argument(
         "--no-ours", action="store_true", help="skip our stack with default settings"
     )
     parser.add_argument(
@@ -132,12 +146,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def stacks_to_run(args: argparse.Namespace) -> list[Stack]:
-    """Ours with its defaults, the recipe, then ours with each extra worker count."""
+    """Ours with its defaults, ours in accounts mode, the recipe, then ours with each extra
+    worker count."""
     default_workers = int(DEFAULTS["WEB_CONCURRENCY"])
     stacks = []
     if not args.no_ours:
         name = f"ours (defaults, {default_workers}w)"
         stacks.append(our_stack(name, "ours_default", None, args.workers_env))
+    if not args.no_accounts:
+        stacks.append(accounts_stack(f"ours (accounts, {default_workers}w)", "ours_accounts"))
+    if args.accounts_without_cache:
+        name = f"ours (accounts, no auth cache, {default_workers}w)"
+        stacks.append(accounts_stack(name, "ours_accounts_nocache", auth_cache_ttl=0))
     if not args.no_recipe:
         stacks.append(recipe_stack())
     for workers in args.worker_counts:
@@ -156,7 +176,8 @@ def check_prerequisites(args: argparse.Namespace) -> None:
         sys.exit(f"benchmark: PostgreSQL 15 not found in {PG_BIN}: run scripts/setup test first")
     if os.geteuid() != 0:
         sys.exit("benchmark: run as root (PostgreSQL is started as the postgres user via runuser)")
-    if not ENTRYPOINT.exists() and not (args.no_ours and not args.worker_counts):
+    ours_needed = not (args.no_ours and args.no_accounts and not args.worker_counts)
+    if not ENTRYPOINT.exists() and ours_needed:
         sys.exit(f"benchmark: {ENTRYPOINT} is missing: nothing to measure")
 
 
@@ -165,7 +186,10 @@ def main(argv: list[str]) -> int:
     check_prerequisites(args)
     stacks = stacks_to_run(args)
     if not stacks:
-        sys.exit("benchmark: --no-ours, --no-recipe and --workers '' leave nothing to measure")
+        sys.exit(
+            "benchmark: --no-ours, --no-accounts, --no-recipe and --workers '' leave nothing "
+            "to measure"
+        )
     become_subreaper()
     # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C: every stack, the PostgreSQL cluster
     # and the S3 server are stopped and their temporary directories removed.

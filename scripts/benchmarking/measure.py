@@ -37,7 +37,7 @@ class Settings:
 def bench_stack(
     stack: Stack, services: dict[str, str], workdir: Path, settings: Settings, load: LoadRunner
 ) -> StackResult:
-    result = StackResult(stack.name)
+    result = StackResult(stack.name, key=stack.database)
     stack_dir = workdir / stack.database
     stack_dir.mkdir()
     stack_dir.chmod(0o755)  # nginx workers of the recipe run as nobody and read the htpasswd
@@ -65,7 +65,8 @@ def bench_stack(
         result.notes.append(phases(running, "warm restart"))
         time.sleep(settings.settle)
         result.idle_pss_mb, result.idle_processes = tree_pss_mb(running.proc.pid)
-        mlflow_ports = find_mlflow_ports(running, port)
+        direct_auth = auth if stack.direct_needs_login else None
+        mlflow_ports = find_mlflow_ports(running, port, direct_auth)
         result.mlflow_ports_found = len(mlflow_ports)
         if not mlflow_ports:
             ports = sorted(listening_ports(running.remember_tree()))
@@ -74,7 +75,8 @@ def bench_stack(
             ("nginx", [f"http://127.0.0.1:{port}"], auth)
         ]
         if mlflow_ports:
-            targets.append(("direct", [f"http://127.0.0.1:{p}" for p in mlflow_ports], None))
+            direct_bases = [f"http://127.0.0.1:{p}" for p in mlflow_ports]
+            targets.append(("direct", direct_bases, direct_auth))
         # Clients keep their connection to nginx, as the MLflow clients do.
         keep_alive = {"nginx": True, "direct": stack.upstream_keepalive}
         with PeakSampler(running.proc.pid) as sampler:

@@ -13,6 +13,9 @@ from mlflow_heroku_runtime.settings import DEFAULTS
 
 from scripts.benchmarking.load import LoadCell, paired_overhead
 
+# The shared-login run the accounts runs are compared with (cli.stacks_to_run's keys).
+SHARED_KEY = "ours_default"
+ACCOUNTS_KEYS = ("ours_accounts", "ours_accounts_nocache")
 RESULTS_JSON = "results.json"
 RESULTS_MARKDOWN = "results.md"
 
@@ -20,6 +23,7 @@ RESULTS_MARKDOWN = "results.md"
 @dataclass
 class StackResult:
     name: str
+    key: str = ""  # the stack's database name: which contender this is (cli.stacks_to_run)
     bind_empty_s: float | None = None
     ready_empty_s: float | None = None
     bind_warm_s: float | None = None
@@ -121,6 +125,7 @@ def render(results: list[StackResult], machine: dict[str, Any], duration: float)
             "|---|---|---|---|---|---|---|",
             *overhead,
         ]
+    lines += accounts_rows(results, machine)
     mixes = [
         f"| {r.name} | {m['seconds']:.0f} | {m['operations_per_second']:.0f} "
         f"| {m['artifacts']:.0f} | {m['errors']:.0f} | {m['p50_ms']:.0f} | {m['p99_ms']:.0f} "
@@ -142,6 +147,39 @@ def render(results: list[StackResult], machine: dict[str, Any], duration: float)
     for r in results:
         lines += [f"- {r.name}: {note}" for note in r.notes]
     return "\n".join(lines) + "\n"
+
+
+def accounts_rows(results: list[StackResult], machine: dict[str, Any]) -> list[str]:
+    """Accounts mode against the shared login, same run, through nginx: log-metric req/s per
+    client count and the ratio."""
+    by_key = {r.key: r for r in results}
+    shared = by_key.get(SHARED_KEY)
+    if shared is None:
+        return []
+    shared_cells = {c.clients: c for c in shared.load if c.path == "nginx"}
+    rows = [
+        f"| {r.name} | {c.clients} | {s.throughput:.0f} | {c.throughput:.0f} "
+        f"| {100 * c.throughput / s.throughput:.0f} | {c.p99_ms:.1f} |"
+        for key in ACCOUNTS_KEYS
+        if (r := by_key.get(key)) is not None
+        for c in r.load
+        if c.path == "nginx" and (s := shared_cells.get(c.clients)) and s.throughput
+    ]
+    if not rows:
+        return []
+    return [
+        "",
+        "### Accounts vs shared login (log-metric via nginx, same run)",
+        "",
+        f"Shared: nginx checks one login ({shared.name}). Accounts: MLflow's auth app checks "
+        "each person's login and permissions; uncached, a login check costs "
+        f"{machine.get('accounts_check_ms', 0):.1f} ms (werkzeug's password hash).",
+        "",
+        "| stack | clients | shared (req/s) | accounts (req/s) | accounts / shared (%) "
+        "| accounts p99 (ms) |",
+        "|---|---|---|---|---|---|",
+        *rows,
+    ]
 
 
 def write_results(

@@ -5,7 +5,9 @@ behind the recipe's nginx), both with Heroku's environment contract."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -92,6 +94,8 @@ class Stack:
     # Whether its nginx keeps connections to MLflow open: the direct path then does too, so
     # "direct" is always MLflow as nginx reaches it and the overhead is nginx's own work.
     upstream_keepalive: bool = False
+    # Accounts mode: MLflow itself checks the login, so the direct path sends it too.
+    direct_needs_login: bool = False
 
 
 def our_stack(name: str, database: str, workers: int | None, workers_env: str) -> Stack:
@@ -103,6 +107,30 @@ def our_stack(name: str, database: str, workers: int | None, workers_env: str) -
         database,
         artifact_mix=True,
         upstream_keepalive=True,  # to every worker's own port (forked_workers.py)
+    )
+
+
+def accounts_stack(name: str, database: str, auth_cache_ttl: int | None = None) -> Stack:
+    """Ours in accounts mode (MLflow's basic-auth app); the load's login is an editor's, as a
+    team member's would be (an admin skips the permission checks)."""
+    stack = our_stack(name, database, None, "WEB_CONCURRENCY")
+    stack.env["MLFLOW_HEROKU_LOGIN_MODE"] = "accounts"
+    if auth_cache_ttl is not None:
+        stack.env["MLFLOW_HEROKU_AUTH_CACHE_TTL_SECONDS"] = str(auth_cache_ttl)
+    stack.prepare = prepare_accounts
+    stack.direct_needs_login = True
+    return stack
+
+
+def prepare_accounts(_stack_dir: Path, env: dict[str, str]) -> None:
+    """The admin (never the load's login), the load's user as an editor, a gateway passphrase."""
+    user, password = env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]
+    env.update(
+        MLFLOW_AUTH_ADMIN_USERNAME="bench-admin",
+        MLFLOW_AUTH_ADMIN_PASSWORD=secrets.token_urlsafe(18),
+        MLFLOW_HEROKU_PEOPLE=json.dumps([{"username": user, "role": "editor"}]),
+        MLFLOW_HEROKU_PEOPLE_PASSWORDS=json.dumps({user: password}),
+        MLFLOW_CRYPTO_KEK_PASSPHRASE=secrets.token_urlsafe(24),
     )
 
 
@@ -297,13 +325,16 @@ def phases(running: Running, label: str) -> str:
     return f"{label}: {found or 'no phase markers in the log'}"
 
 
-def find_mlflow_ports(running: Running, public_port: int) -> list[int]:
+def find_mlflow_ports(
+    running: Running, public_port: int, auth: tuple[str, str] | None = None
+) -> list[int]:
     """MLflow's own loopback ports (ours: one per worker): the listening ports of the tree
-    other than $PORT that serve the readiness path without auth."""
+    other than $PORT that serve the readiness path (with `auth`: MLflow checks logins)."""
     found = []
     for port in sorted(listening_ports(running.remember_tree()) - {public_port}):
         try:
-            if requests.get(f"http://127.0.0.1:{port}{READY_PATH}", timeout=10).ok:
+            url = f"http://127.0.0.1:{port}{READY_PATH}"
+            if requests.get(url, auth=auth, timeout=10).ok:
                 found.append(port)
         except requests.RequestException:
             continue

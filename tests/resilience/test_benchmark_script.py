@@ -27,8 +27,8 @@ from tests.support.services import REPO_ROOT
 SCRIPT = REPO_ROOT / "scripts" / "benchmark.py"
 # The shortest run there is: our stack alone, one client, one round of the shortest cell.
 SHORTEST = [
-    "--no-recipe", "--workers", "", "--clients", "1", "--rounds", "1", "--duration", "0.5",
-    "--settle", "0", "--mix-seconds", "0",
+    "--no-recipe", "--no-accounts", "--workers", "", "--clients", "1", "--rounds", "1",
+    "--duration", "0.5", "--settle", "0", "--mix-seconds", "0",
 ]  # fmt: skip
 
 
@@ -172,7 +172,8 @@ def test_sigterm_stops_every_service_and_removes_their_directories(tmp_path: Pat
     """SIGTERM in the middle of a run unwinds: the stack, PostgreSQL and the S3 server stop,
     and their temporary directories go (a run killed this way once left a cluster behind)."""
     marker = f"MLFLOW_HEROKU_TEST_RUN={uuid.uuid4().hex}"  # inherited: finds what it leaves
-    argv = ["--quick", "--no-recipe", "--workers", "", "--results-dir", str(tmp_path / "results")]
+    argv = ["--quick", "--no-recipe", "--no-accounts", "--workers", ""]
+    argv += ["--results-dir", str(tmp_path / "results")]
     with private_tmp() as tmp:
         try:
             with benchmark_run(argv, tmp, marker) as run:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from scripts.benchmarking.cli import DEFAULT_RESULTS_DIR, parse_args, stacks_to_run
@@ -59,11 +62,35 @@ def test_doc_is_refused_with_where_the_results_go(capsys: pytest.CaptureFixture[
     assert parse_args(["--no-doc"]).duration == 10.0  # older command lines still run
 
 
-def test_the_stacks_are_ours_the_recipe_then_worker_variants() -> None:
+def test_the_stacks_are_ours_accounts_the_recipe_then_worker_variants() -> None:
     names = [stack.name for stack in stacks_to_run(parse_args(["--workers", "1,2,3"]))]
-    assert names == ["ours (defaults, 2w)", "2021 recipe", "ours workers=1", "ours workers=3"]
-    only = stacks_to_run(parse_args(["--no-recipe", "--no-ours", "--workers", "2"]))
+    assert names == [
+        "ours (defaults, 2w)",
+        "ours (accounts, 2w)",
+        "2021 recipe",
+        "ours workers=1",
+        "ours workers=3",
+    ]
+    only = stacks_to_run(
+        parse_args(["--no-recipe", "--no-ours", "--no-accounts", "--workers", "2"])
+    )
     assert [(stack.name, stack.env) for stack in only] == [
         ("ours workers=2", {"WEB_CONCURRENCY": "2"})
     ]
-    assert len({stack.database for stack in stacks_to_run(parse_args([]))}) == 4
+    assert len({stack.database for stack in stacks_to_run(parse_args([]))}) == 5
+
+
+def test_accounts_runs_log_in_as_an_editor_and_the_uncached_run_turns_the_cache_off() -> None:
+    stacks = stacks_to_run(parse_args(["--workers", "", "--accounts-without-cache"]))
+    accounts, uncached = (s for s in stacks if s.env.get("MLFLOW_HEROKU_LOGIN_MODE"))
+    assert "MLFLOW_HEROKU_AUTH_CACHE_TTL_SECONDS" not in accounts.env  # the image's default
+    assert uncached.env["MLFLOW_HEROKU_AUTH_CACHE_TTL_SECONDS"] == "0"
+    assert accounts.direct_needs_login
+    assert uncached.direct_needs_login
+    env = {"MLFLOW_TRACKING_USERNAME": "bench-user", "MLFLOW_TRACKING_PASSWORD": "pw-of-the-load"}
+    accounts.prepare(Path("."), env)
+    assert json.loads(env["MLFLOW_HEROKU_PEOPLE"]) == [{"username": "bench-user", "role": "editor"}]
+    assert json.loads(env["MLFLOW_HEROKU_PEOPLE_PASSWORDS"]) == {"bench-user": "pw-of-the-load"}
+    assert env["MLFLOW_AUTH_ADMIN_USERNAME"] != "bench-user"
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] != "pw-of-the-load"
+    assert len(env["MLFLOW_CRYPTO_KEK_PASSPHRASE"]) >= 32

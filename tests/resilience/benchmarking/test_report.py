@@ -61,3 +61,20 @@ def test_the_results_are_written_as_json_and_markdown(tmp_path: Path) -> None:
     assert stack["ready_empty_s"] == 3.5
     assert stack["load"][0]["errors"] == 1
     assert stack["load"][0]["throughput"] == 9.0
+
+
+def test_accounts_are_compared_with_the_shared_login_of_the_same_run() -> None:
+    def nginx_cells(requests_per_slice: int) -> list[LoadCell]:
+        return [summarize("nginx", 16, [LoadSample([0.01] * requests_per_slice, 0, 1.0)])]
+
+    results = [
+        StackResult("ours (defaults, 2w)", key="ours_default", load=nginx_cells(200)),
+        StackResult("ours (accounts, 2w)", key="ours_accounts", load=nginx_cells(180)),
+    ]
+    facts = machine() | {"accounts_check_ms": 12.5}
+    table = render(results, facts, 1.0)
+    assert "### Accounts vs shared login" in table
+    assert "12.5 ms" in table
+    assert "| ours (accounts, 2w) | 16 | 200 | 180 | 90 |" in table
+    # Without the shared run there is nothing to compare with.
+    assert "### Accounts vs shared" not in render(results[1:], facts, 1.0)
