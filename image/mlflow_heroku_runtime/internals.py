@@ -772,7 +772,14 @@ def cache_authorization_lookups() -> None:
         """A Flask validator that, before it refuses, looks again with fresh grants."""
         if validator is None:
             return None
-        return lambda: validator() or (forget_grants() or validator())
+
+        def check() -> bool:
+            if validator():
+                return True
+            forget_grants()
+            return bool(validator())
+
+        return check
 
     def checked_twice_async(validator: Any) -> Any:
         if validator is None:
