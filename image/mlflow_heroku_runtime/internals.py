@@ -715,14 +715,14 @@ def cache_authorization_lookups() -> None:
     (twice), its grants, and the whole run (params, tags, metrics) only to learn its
     experiment; that tripled a log-metric's CPU time (docs/image.md, "Accounts"). Cached:
 
-    * an account by name, for that long, cleared in this worker by any write to the auth store
-      here (a password, an admin flag, a deletion); other workers see a change within that
-      time, as with MLflow's credential cache;
+    * an account by name and its grants, for that long, cleared in this worker by any write
+      to the auth store here (a password, an admin flag, a deletion, a grant, a role); other
+      workers see a change within that time, as with MLflow's credential cache;
     * a run's experiment, which never changes, with no time limit.
 
-    Grants are read afresh for each check (one query): a permission given in one worker must
-    work at once in the others (an account that creates an experiment is given MANAGE on it,
-    and its next call may reach another worker)."""
+    A check that refuses is made once more on fresh grants, so a permission given in one worker
+    works at once in the others (an account that creates an experiment is given MANAGE on it,
+    and its next call may reach another worker); only taking one back waits for the cache."""
     import threading
     import types
 
@@ -737,19 +737,61 @@ def cache_authorization_lookups() -> None:
     store = auth.store
     lock = threading.Lock()
     accounts: TTLCache[str, Any] = TTLCache(maxsize=10_000, ttl=ttl_seconds)
-    writes = [0]  # a write between a lookup and its caching voids that entry
-    read_account, open_session = store.get_user, store.ManagedSessionMaker
+    grants: TTLCache[tuple[Any, ...], tuple[Any, ...]] = TTLCache(maxsize=10_000, ttl=ttl_seconds)
+    writes = [0]  # a write (or a fresh look) between a lookup and its caching voids that entry
+    read_account, read_grants, open_session = (
+        store.get_user,
+        store.list_grants,
+        store.ManagedSessionMaker,
+    )
 
-    def get_user(username: str) -> Any:
+    def cached(cache: Any, key: Any, read: Callable[[], Any]) -> Any:
         with lock:
-            found = accounts.get(username)
+            found = cache.get(key)
             before = writes[0]
         if found is None:
-            found = read_account(username)  # raises for an unknown account: nothing cached
+            found = read()  # raises for an unknown account: nothing is cached then
             with lock:
                 if writes[0] == before:
-                    accounts[username] = found
+                    cache[key] = found
         return found
+
+    def get_user(username: str) -> Any:
+        return cached(accounts, username, lambda: read_account(username))
+
+    def list_grants(user_id: int, workspace: str, resource_types: Any) -> list[Any]:
+        key = (user_id, workspace, frozenset(resource_types))
+        return list(cached(grants, key, lambda: tuple(read_grants(user_id, workspace, key[2]))))
+
+    def forget_grants() -> None:
+        with lock:
+            writes[0] += 1
+            grants.clear()
+
+    def checked_twice(validator: Any) -> Any:
+        """A Flask validator that, before it refuses, looks again with fresh grants."""
+        if validator is None:
+            return None
+
+        def check() -> bool:
+            if validator():
+                return True
+            forget_grants()
+            return bool(validator())
+
+        return check
+
+    def checked_twice_async(validator: Any) -> Any:
+        if validator is None:
+            return None
+
+        async def check(username: str, request: Any) -> bool:
+            if await validator(username, request):
+                return True
+            forget_grants()
+            return bool(await validator(username, request))
+
+        return check
 
     @contextlib.contextmanager
     def session(read_only: bool = True) -> Any:
@@ -761,8 +803,19 @@ def cache_authorization_lookups() -> None:
                 with lock:
                     writes[0] += 1
                     accounts.clear()
+                    grants.clear()
 
-    store.get_user, store.ManagedSessionMaker = get_user, session
+    store.get_user, store.list_grants, store.ManagedSessionMaker = get_user, list_grants, session
+    find_validator = auth._find_validator
+    find_proxy_validator = auth._get_proxy_artifact_validator
+    find_fastapi_validator = auth._find_fastapi_validator
+    auth._find_validator = lambda request: checked_twice(find_validator(request))
+    auth._get_proxy_artifact_validator = lambda method, view_args: checked_twice(
+        find_proxy_validator(method, view_args)
+    )
+    auth._find_fastapi_validator = lambda path, method: checked_twice_async(
+        find_fastapi_validator(path, method)
+    )
 
     tracking_store = auth._get_tracking_store
     experiment_of_run: LRUCache[str, str] = LRUCache(maxsize=50_000)
@@ -792,10 +845,11 @@ def cache_authorization_lookups() -> None:
 
 @internal(
     "mlflow",
-    "mlflow.server.auth.store (get_user, ManagedSessionMaker) and "
+    "mlflow.server.auth.store (get_user, list_grants, ManagedSessionMaker), "
+    "_find_validator, _get_proxy_artifact_validator, _find_fastapi_validator and "
     "mlflow.server.auth._get_tracking_store (get_run: only a run's experiment)",
-    "the auth app looks the account and the whole run up again on every request and offers no "
-    "cache for them",
+    "the auth app looks the account, its grants and the whole run up again on every request "
+    "and offers no cache for them",
 )
 def _check_authorization_lookups() -> None:
     import re
@@ -810,6 +864,23 @@ def _check_authorization_lookups() -> None:
     assert isinstance(auth.auth_config.auth_cache_ttl_seconds, int), "its cache setting moved"
     parameters = list(inspect.signature(SqlAlchemyStore.get_user).parameters)
     assert parameters == ["self", "username"], parameters
+    parameters = list(inspect.signature(SqlAlchemyStore.list_grants).parameters)
+    assert parameters == ["self", "user_id", "workspace", "resource_types"], parameters
+    # Every validator the checks run comes from these finders, looked up when a request comes.
+    finders = {
+        "_before_request": ["_find_validator(request)", "_get_proxy_artifact_validator("],
+        "add_fastapi_permission_middleware": ["_find_fastapi_validator(path, request.method)"],
+    }
+    for function, calls in finders.items():
+        source = inspect.getsource(getattr(auth, function))
+        for call in calls:
+            assert call in source, f"{function} no longer calls {call}"
+    assert list(inspect.signature(auth._find_validator).parameters) == ["req"]
+    assert list(inspect.signature(auth._get_proxy_artifact_validator).parameters) == [
+        "method",
+        "view_args",
+    ]
+    assert list(inspect.signature(auth._find_fastapi_validator).parameters) == ["path", "method"]
     assert "self.ManagedSessionMaker = " in inspect.getsource(SqlAlchemyStore.init_db)
     assert "def make_managed_session(read_only=True)" in inspect.getsource(
         utils._get_managed_session_maker

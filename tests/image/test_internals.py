@@ -188,7 +188,8 @@ BREAKERS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "mlflow.server.auth.sqlalchemy_store.SqlAlchemyStore (users, roles, role permissions)": (
         _break_accounts_store
     ),
-    "mlflow.server.auth.store (get_user, ManagedSessionMaker) and "
+    "mlflow.server.auth.store (get_user, list_grants, ManagedSessionMaker), "
+    "_find_validator, _get_proxy_artifact_validator, _find_fastapi_validator and "
     "mlflow.server.auth._get_tracking_store (get_run: only a run's experiment)": (
         _break_authorization_lookups
     ),
