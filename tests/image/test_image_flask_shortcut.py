@@ -228,19 +228,8 @@ if sys.argv[2] == "without-flasks-hooks":
         for functions in hooks.values():
             functions[:] = [f for f in functions if not f.__module__.startswith(doers)]
 
-def find_shortcut(app, depth=0):
-    # The shortcut sits inside the app's outer middlewares (asgi.py): look down the chain.
-    for value in vars(app).values():
-        if isinstance(value, FlaskShortcut):
-            return value
-        if depth < 5 and hasattr(value, "__dict__") and callable(value):
-            found = find_shortcut(value, depth + 1)
-            if found is not None:
-                return found
-    return None
-
-shortcut = find_shortcut(asgi.app)
-assert shortcut is not None, "no FlaskShortcut in asgi.app's middleware chain"
+shortcut = asgi.shortcut
+assert isinstance(shortcut, FlaskShortcut)
 reached_fastapi = []
 
 async def fastapi_sentinel(scope, receive, send):
